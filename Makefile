@@ -1,0 +1,47 @@
+# obsconform: `make demo` and `make test` each set the host and the venv up first
+# (idempotently: a second run installs nothing).
+SHELL := /bin/bash
+VENV  ?= .venv
+PY    := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+PYTEST_ARGS ?=
+
+.PHONY: setup host venv demo test test-fast bench catalogue-table clean
+
+setup: host venv
+
+host:
+	@scripts/setup-host.sh $(HOST_GROUPS)
+
+venv: $(STAMP)
+
+# bcc is importable only from Debian's python3: the venv is built from it with
+# --system-site-packages. Reinstalled only when pyproject.toml changes.
+$(STAMP): pyproject.toml
+	@test -x $(PY) || /usr/bin/python3 -m venv --system-site-packages $(VENV)
+	@echo "setup: installing Python dependencies into $(VENV)" >&2
+	@$(PY) -m pip install -q --disable-pip-version-check -e '.[examples,test]'
+	@touch $@
+
+demo: HOST_GROUPS = lint
+demo: setup
+	@$(VENV)/bin/obsconform demo
+
+# pytest exits 5 when it collected no test: that is a failure here, not a pass.
+test: HOST_GROUPS = lint
+test: setup
+	@$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test: pytest ran no test" >&2; exit 1; fi; exit $$rc
+
+test-fast: setup
+	@$(PY) -m pytest -m 'not kernel' $(PYTEST_ARGS); rc=$$?; [ $$rc -ne 5 ] || exit 1; exit $$rc
+
+bench: HOST_GROUPS = bench
+bench: setup
+	@$(PY) -m tests.bench --out reports/bench.json
+
+catalogue-table: venv
+	@$(PY) -m conformance.catalogue --markdown-into README.md
+
+clean:
+	rm -rf $(VENV) reports/runs .pytest_cache
