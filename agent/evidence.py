@@ -20,6 +20,7 @@ Layout of a run directory::
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -268,22 +269,7 @@ def from_dict(cls: type[T], data: dict[str, Any]) -> T:
 
 def write_json_atomic(path: Path, data: Any) -> None:
     """Write JSON to ``path`` through a temp file and rename, so readers never see half."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2, sort_keys=False, default=str)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    write_text_atomic(path, json.dumps(data, indent=2, default=str) + "\n")
 
 
 class EvidenceWriter:
@@ -390,3 +376,20 @@ def load_evidence(run_dir: Path) -> Evidence:
         downstream=list(_read_jsonl(run_dir / DOWNSTREAM_FILE, DownstreamRecord)),
         scrapes=list(_read_jsonl(run_dir / SCRAPES_FILE, Scrape)),
     )
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write text through a temp file and rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise

@@ -1,0 +1,201 @@
+"""The `obsconform` command line (click): doctor, demo, run, analyze, report."""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import socket
+import sys
+from pathlib import Path
+
+import click
+
+from agent import __version__
+from agent.errors import ObsconformError
+
+EXIT_USAGE = 1
+
+
+def _fail(message: str) -> None:
+    click.echo(f"obsconform: error: {message}", err=True)
+    sys.exit(EXIT_USAGE)
+
+
+def _progress(msg: str) -> None:
+    click.echo(f"· {msg}", err=True)
+
+
+def _sigterm_to_exit(signum, frame) -> None:
+    # SIGTERM unwinds like Ctrl-C, so every cleanup (probe detach, SUT stop) runs.
+    raise KeyboardInterrupt
+
+
+class Cli(click.Group):
+    """Turns ObsconformError and interrupts into one line on stderr and exit code 1."""
+
+    def invoke(self, ctx: click.Context):
+        signal.signal(signal.SIGTERM, _sigterm_to_exit)
+        try:
+            return super().invoke(ctx)
+        except ObsconformError as e:
+            _fail(str(e))
+        except KeyboardInterrupt:
+            _fail("interrupted; probes detached, evidence recorded so far kept")
+
+
+@click.group(cls=Cli, context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.version_option(__version__, prog_name="obsconform")
+@click.option("-v", "--verbose", is_flag=True, help="Log debug details to stderr.")
+def cli(verbose: bool) -> None:
+    """Does a service's telemetry tell the truth? eBPF kernel truth vs its spans and metrics."""
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+
+
+@cli.command()
+def doctor() -> None:
+    """Check that this host can run the agent, and say what to fix."""
+    from agent.doctor import render, run_doctor
+
+    items = run_doctor()
+    click.echo(render(items))
+    sys.exit(0 if all(i.status != "fail" for i in items) else EXIT_USAGE)
+
+
+def _finish(result) -> None:
+    from conformance import render_summary
+
+    click.echo(render_summary(result.report, report_path=result.report_path))
+    sys.exit(result.exit_code)
+
+
+def _common_run_options(f):
+    opts = [
+        click.option("--requests", "-n", default=200, envvar="OBSCONFORM_REQUESTS", help="Requests to send in the load phase."),
+        click.option("--concurrency", "-c", default=4, envvar="OBSCONFORM_CONCURRENCY", help="Concurrent keep-alive connections."),
+        click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("reports"), envvar="OBSCONFORM_OUT",
+                     help="Where run directories and the latest report land."),
+        click.option("--junit", type=click.Path(path_type=Path), default=None, help="Also write a JUnit XML file."),
+        click.option("--capture-bytes", default=1024, type=click.IntRange(256, 4096), help="Request bytes captured in the kernel."),
+        click.option("--check", "checks", multiple=True, help="Run only these check IDs (repeatable)."),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
+@cli.command()
+@click.option("--exec", "exec_cmd", help="Launch the SUT with this command and target its process tree.")
+@click.option("--pid", type=int, help="Target this running process and its descendants.")
+@click.option("--url", required=True, help="Base URL of the SUT, e.g. http://127.0.0.1:8080.")
+@click.option("--metrics-url", help="The SUT's Prometheus /metrics URL.")
+@click.option("--path", "paths", multiple=True, default=["/"], help="Path to request in the load phase (repeatable).")
+@click.option("--no-ebpf", is_flag=True, help="Degraded mode: no kernel truth; KT checks are inconclusive.")
+@_common_run_options
+def run(exec_cmd, pid, url, metrics_url, paths, no_ebpf, requests, concurrency, out_dir, junit, capture_bytes, checks) -> None:
+    """Run the conformance checks against a service; exit 0 compliant, 2 non-compliant, 3 inconclusive."""
+    from agent.runner import RunConfig, run as do_run
+
+    cfg = RunConfig(url=url, exec_cmd=exec_cmd, pid=pid, metrics_url=metrics_url, paths=list(paths),
+                    requests=requests, concurrency=concurrency, out_dir=out_dir, junit=junit,
+                    capture_bytes=capture_bytes, no_ebpf=no_ebpf, checks=list(checks) or None)
+    _finish(do_run(cfg, progress=_progress))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@cli.command()
+@click.option("--no-ebpf", is_flag=True, help="Degraded mode: no kernel truth.")
+@_common_run_options
+def demo(no_ebpf, requests, concurrency, out_dir, junit, capture_bytes, checks) -> None:
+    """Run the bundled reference service end to end and print the report path."""
+    from agent.runner import RunConfig, run as do_run
+    from examples.refservice import demo_paths
+
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    cfg = RunConfig(url=url, exec_cmd=f"{sys.executable} -m examples.refservice --port {port}",
+                    metrics_url=f"{url}/metrics", paths=demo_paths(), requests=requests,
+                    concurrency=concurrency, out_dir=out_dir, junit=junit, capture_bytes=capture_bytes,
+                    no_ebpf=no_ebpf, checks=list(checks) or None)
+    _finish(do_run(cfg, progress=_progress))
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
+              help="Where the latest report is copied (default: the run directory's reports root).")
+@click.option("--check", "checks", multiple=True, help="Run only these check IDs (repeatable).")
+def analyze(run_dir: Path, out_dir: Path | None, checks) -> None:
+    """Recompute the report of RUN_DIR from its evidence, offline."""
+    from agent.evidence import load_meta
+    from agent.runner import judge
+
+    load_meta(run_dir)  # a clear error when RUN_DIR is not a run directory
+    out = out_dir or (run_dir.parent.parent if run_dir.parent.name == "runs" else run_dir)
+    _finish(judge(run_dir, out, checks=list(checks) or None))
+
+
+@cli.group()
+def report() -> None:
+    """Show, validate or convert a CNCF-compliance-report.json."""
+
+
+def _load_report(path: Path) -> dict:
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as e:
+        raise ObsconformError(f"cannot read {path}: {e.strerror}") from e
+    except ValueError as e:
+        raise ObsconformError(f"{path} is not JSON ({e}); give a CNCF-compliance-report.json") from e
+
+
+@report.command("show")
+@click.argument("file", type=click.Path(path_type=Path))
+def report_show(file: Path) -> None:
+    """Print the human summary of a report."""
+    from conformance import render_summary
+
+    click.echo(render_summary(_load_report(file), report_path=file))
+
+
+@report.command("validate")
+@click.argument("file", type=click.Path(path_type=Path))
+def report_validate(file: Path) -> None:
+    """Validate a report against the shipped JSON Schema."""
+    from conformance import validate_report
+
+    errors = validate_report(_load_report(file))
+    if errors:
+        for e in errors:
+            click.echo(f"invalid: {e}", err=True)
+        raise ObsconformError(f"{file} does not match the report schema ({len(errors)} problems)")
+    click.echo(f"{file}: valid")
+
+
+@report.command("junit")
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), default=None, help="Write here instead of stdout.")
+def report_junit(file: Path, output: Path | None) -> None:
+    """Convert a report to JUnit XML."""
+    from agent.evidence import write_text_atomic
+    from conformance import render_junit
+
+    xml = render_junit(_load_report(file))
+    if output:
+        write_text_atomic(output, xml)
+    else:
+        click.echo(xml)
+
+
+def main() -> None:
+    cli(prog_name="obsconform")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,167 @@
+"""The service under test as a process: launch it (--exec) or find it, wait until it answers."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+from urllib.parse import urlsplit
+
+from agent.errors import InputError, TargetError
+
+log = logging.getLogger(__name__)
+
+READY_TIMEOUT_S = 30.0
+STOP_TIMEOUT_S = 10.0
+
+
+def host_port(url: str) -> tuple[str, int]:
+    """The (host, port) a base URL points at; a clear error when it is not http(s)://host[:port]."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise InputError(f"--url {url!r} is not an http:// URL; give the SUT's base URL, e.g. http://127.0.0.1:8080")
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError as e:
+        raise InputError(f"--url {url!r} has an invalid port") from e
+    return parts.hostname, port
+
+
+def tcp_open(host: str, port: int, timeout_s: float = 0.5) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
+def otel_environment(base: dict[str, str], otlp_endpoint: str, downstream_url: str) -> dict[str, str]:
+    """The caller's environment with the standard OTel variables pointed at our receiver."""
+    env = dict(base)
+    env.update(
+        {
+            "OTEL_EXPORTER_OTLP_ENDPOINT": otlp_endpoint,
+            "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+            "OTEL_TRACES_EXPORTER": "otlp",
+            "OTEL_METRICS_EXPORTER": "otlp",
+            "OTEL_LOGS_EXPORTER": "otlp",
+            "OBSCONFORM_DOWNSTREAM_URL": downstream_url,
+        }
+    )
+    # Signal-specific endpoints in the caller's env would send telemetry elsewhere.
+    for signal_name in ("TRACES", "METRICS", "LOGS"):
+        env.pop(f"OTEL_EXPORTER_OTLP_{signal_name}_ENDPOINT", None)
+    env.setdefault("OTEL_SERVICE_NAME", "sut")
+    return env
+
+
+class LaunchedSut:
+    """A SUT started by ``--exec``: its whole process tree is the target.
+
+    The child blocks on a pipe between fork and exec until ``release()``: the caller adds
+    the child's pid to the kernel target set first, so no fork of the SUT escapes the probes.
+    """
+
+    def __init__(self, command: str, env: dict[str, str], log_path: Path,
+                 on_line: Callable[[str], None] | None = None) -> None:
+        argv = shlex.split(command)
+        if not argv:
+            raise InputError("--exec needs a command, e.g. --exec 'gunicorn app:app'")
+        if shutil.which(argv[0]) is None:
+            raise InputError(f"--exec: command {argv[0]!r} not found; give a path or a command on PATH")
+        self.command = command
+        # The child waits in a tiny shell on a pipe until release(), then execs the SUT in
+        # place (same pid). A preexec_fn would do the same but is unsafe with our threads.
+        gate_r, self._gate_w = os.pipe()
+        gate = ['/bin/sh', '-c', 'read _ <&%d; exec %d<&-; exec "$@"' % (gate_r, gate_r), 'obsconform-gate']
+        self._log = open(log_path, "ab")
+        try:
+            self.proc = subprocess.Popen(
+                gate + argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT, start_new_session=True, pass_fds=(gate_r,),
+            )
+        except OSError as e:
+            self._log.close()
+            raise TargetError(f"cannot start the --exec command: {e.strerror}") from e
+        finally:
+            os.close(gate_r)
+        self.pid = self.proc.pid
+        self._on_line = on_line
+        self._pump = threading.Thread(target=self._pump_output, name="sut-output", daemon=True)
+        self._pump.start()
+
+    def release(self) -> None:
+        """Let the child exec the SUT (after its pid is a kernel target)."""
+        if self._gate_w >= 0:
+            os.write(self._gate_w, b"\n")
+            os.close(self._gate_w)
+            self._gate_w = -1
+
+    def _pump_output(self) -> None:
+        assert self.proc.stdout is not None
+        for raw in self.proc.stdout:
+            self._log.write(raw)
+            self._log.flush()
+            if self._on_line is not None:
+                try:
+                    self._on_line(raw.decode("utf-8", "replace"))
+                except Exception:  # one odd line must not stop the pump
+                    log.debug("SUT output line not handled", exc_info=True)
+
+    def exited(self) -> int | None:
+        return self.proc.poll()
+
+    def wait_ready(self, host: str, port: int, timeout_s: float = READY_TIMEOUT_S) -> float:
+        """Poll until the SUT accepts TCP connections; returns seconds waited."""
+        t0 = time.monotonic()
+        delay = 0.02
+        while True:
+            code = self.exited()
+            if code is not None:
+                raise TargetError(
+                    f"the SUT exited with code {code} before it listened on {host}:{port}; "
+                    f"see {self._log.name} for its output"
+                )
+            if tcp_open(host, port):
+                return time.monotonic() - t0
+            if time.monotonic() - t0 > timeout_s:
+                raise TargetError(
+                    f"the SUT did not listen on {host}:{port} within {timeout_s:.0f} s; "
+                    "check --url matches the port the command serves on"
+                )
+            time.sleep(delay)
+            delay = min(delay * 2, 0.25)
+
+    def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> int | None:
+        """SIGTERM the process group (lets exporters flush), SIGKILL after the timeout."""
+        self.release()
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                log.warning("SUT did not exit %.0f s after SIGTERM; killing it", timeout_s)
+                try:
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                self.proc.wait()
+        self._pump.join(timeout=2)
+        self._log.close()
+        return self.proc.returncode
+
+
+def check_pid(pid: int) -> None:
+    if not Path(f"/proc/{pid}").exists():
+        raise TargetError(f"--pid {pid}: no such process; give the pid of the running SUT")
