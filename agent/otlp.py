@@ -1,0 +1,207 @@
+"""OTLP/HTTP receiver: /v1/traces, /v1/metrics, /v1/logs (protobuf or JSON, gzip) → evidence."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from typing import Any
+
+from agent import otlp_decode as dec
+from agent._http import BackgroundServer, BodyError, QuietHandler, decode_content, read_body
+from agent.evidence import EvidenceWriter, LogRecord, MetricPoint, Span
+
+log = logging.getLogger(__name__)
+
+# An OTLP exporter batches at most a few MiB; anything larger is a client bug or an attack.
+DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024
+ROUTES = {"/v1/traces": dec.TRACES, "/v1/metrics": dec.METRICS, "/v1/logs": dec.LOGS}
+# Signal → the record list (and EvidenceWriter method) its records go to.
+_STORE = {dec.TRACES: "spans", dec.METRICS: "metrics", dec.LOGS: "logs"}
+PROTOBUF_TYPES = ("application/x-protobuf", "application/protobuf")
+JSON_TYPE = "application/json"
+# google.rpc.Code values used in the error Status body the OTLP spec asks for.
+_RPC_CODE = {400: 3, 404: 5, 405: 12, 413: 8, 415: 3, 500: 13}
+
+
+class OtlpReceiver:
+    """Receives OTLP/HTTP exports, keeps the flattened records and appends them to the run.
+
+    ``endpoint`` is a base URL: give it to a service as ``OTEL_EXPORTER_OTLP_ENDPOINT`` and
+    its exporters post to ``{endpoint}/v1/traces`` etc.
+    """
+
+    def __init__(
+        self,
+        writer: EvidenceWriter | None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    ) -> None:
+        if max_body_bytes <= 0:
+            raise ValueError(f"max_body_bytes must be positive, got {max_body_bytes}")
+        self.writer = writer
+        self.max_body_bytes = max_body_bytes
+        self.spans: list[Span] = []
+        self.metrics: list[MetricPoint] = []
+        self.logs: list[LogRecord] = []
+        self._requests = 0
+        self._errors = 0
+        self._cond = threading.Condition()
+        self._last_arrival = time.monotonic()
+        self._logged: set[str] = set()
+        self._server = BackgroundServer(_OtlpHandler, self, host, port, "otlp-receiver")
+
+    def start(self) -> OtlpReceiver:
+        self._server.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.stop()
+
+    def __enter__(self) -> OtlpReceiver:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def endpoint(self) -> str:
+        return self._server.base_url
+
+    @property
+    def port(self) -> int:
+        return self._server.port
+
+    def counts(self) -> dict[str, int]:
+        with self._cond:
+            return {
+                "spans": len(self.spans),
+                "metrics": len(self.metrics),
+                "logs": len(self.logs),
+                "requests": self._requests,
+                "errors": self._errors,
+            }
+
+    def wait_quiet(self, quiet_s: float, timeout_s: float) -> bool:
+        """Block until no export arrived for ``quiet_s``, at most ``timeout_s``; True if it went quiet.
+
+        The quiet window starts no earlier than this call, so a settle phase always gives
+        exporters a full ``quiet_s`` to deliver what they still hold.
+        """
+        now = time.monotonic()
+        deadline = now + timeout_s
+        with self._cond:
+            start = now
+            while True:
+                now = time.monotonic()
+                quiet_since = max(self._last_arrival, start)
+                left = quiet_s - (now - quiet_since)
+                if left <= 0:
+                    return True
+                if now >= deadline:
+                    return False
+                self._cond.wait(min(left, deadline - now))
+
+    # Called from handler threads.
+
+    def _arrived(self, ok: bool) -> None:
+        with self._cond:
+            self._requests += 1
+            if not ok:
+                self._errors += 1
+            self._last_arrival = time.monotonic()
+            self._cond.notify_all()
+
+    def _ingest(self, signal: str, records: list[Any]) -> None:
+        store = _STORE[signal]
+        if self.writer is not None and records:
+            getattr(self.writer, store)(records)
+        with self._cond:
+            getattr(self, store).extend(records)
+
+    def _note(self, key: str, message: str, *args: object) -> None:
+        """Log the first occurrence of each kind of problem; later ones go to debug."""
+        with self._cond:
+            first = key not in self._logged
+            self._logged.add(key)
+        log.log(logging.WARNING if first else logging.DEBUG, message, *args)
+
+
+class _OtlpHandler(QuietHandler):
+    server_version = "obsconform-otlp"
+
+    def do_POST(self) -> None:  # noqa: N802 - stdlib naming
+        owner: OtlpReceiver = self.server.owner  # type: ignore[attr-defined]
+        received_ns = time.time_ns()
+        path = self.path.split("?", 1)[0]
+        signal = ROUTES.get(path)
+        is_json = False
+        try:
+            if signal is None:
+                raise BodyError(404, f"no OTLP route {path!r} (use /v1/traces, /v1/metrics, /v1/logs)")
+            ctype = (self.headers.get("Content-Type") or "").split(";", 1)[0].strip().lower()
+            is_json = ctype == JSON_TYPE
+            if not is_json and ctype not in PROTOBUF_TYPES:
+                raise BodyError(415, f"unsupported Content-Type {ctype!r} (application/x-protobuf or application/json)")
+            body = read_body(self, owner.max_body_bytes)
+            body = decode_content(body, self.headers.get("Content-Encoding") or "", owner.max_body_bytes)
+            records = dec.decode(signal, body, is_json, received_ns)
+        except (BodyError, dec.OtlpDecodeError) as e:
+            status = e.status if isinstance(e, BodyError) else 400
+            owner._note(f"{status}", "OTLP receiver: %s %s answered %d: %s", self.command, path, status, e)
+            self._fail(owner, status, str(e), is_json)
+            return
+        try:
+            owner._ingest(signal, records)
+        except Exception as e:  # noqa: BLE001 - the receiver must outlive any bad export
+            owner._note("ingest", "OTLP receiver: could not store %s: %s", signal, e)
+            self._fail(owner, 500, f"could not store {signal}: {e}", is_json)
+            return
+        owner._arrived(ok=True)
+        self.reply(200, dec.response_body(signal, is_json), JSON_TYPE if is_json else PROTOBUF_TYPES[0])
+
+    def _fail(self, owner: OtlpReceiver, status: int, message: str, is_json: bool) -> None:
+        # The body may be unread (or half read): never reuse this connection.
+        self.close_connection = True
+        owner._arrived(ok=False)
+        code = _RPC_CODE.get(status, 2)
+        if is_json:
+            body = json.dumps({"code": code, "message": message}).encode()
+        else:
+            body = _rpc_status(code, message)
+        try:
+            self.reply(status, body, JSON_TYPE if is_json else PROTOBUF_TYPES[0])
+        except OSError:
+            pass  # the exporter went away; nothing to tell it
+
+    def __getattr__(self, name: str) -> Any:
+        # Any other method on any path: 405 on OTLP routes, 404 elsewhere, never a 501 page.
+        if name.startswith("do_"):
+            return self._other_method
+        raise AttributeError(name)
+
+    def _other_method(self) -> None:
+        owner: OtlpReceiver = self.server.owner  # type: ignore[attr-defined]
+        path = self.path.split("?", 1)[0]
+        status = 405 if path in ROUTES else 404
+        self._fail(owner, status, f"{self.command} {path}: OTLP/HTTP takes POST on /v1/traces|metrics|logs", False)
+
+
+def _rpc_status(code: int, message: str) -> bytes:
+    """A google.rpc.Status {code, message} in protobuf wire format (no googleapis dependency)."""
+    msg = message.encode("utf-8")[:1024]
+    return b"\x08" + _varint(code) + b"\x12" + _varint(len(msg)) + msg
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
