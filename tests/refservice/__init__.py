@@ -1,0 +1,1 @@
+"""Tests of the reference service (examples/refservice) against real gunicorn processes."""
