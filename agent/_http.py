@@ -189,7 +189,7 @@ class BackgroundServer:
         server.owner = self._owner  # type: ignore[attr-defined]
         self._server = server
         self._thread = threading.Thread(
-            target=server.serve_forever, kwargs={"poll_interval": 0.2}, name=self._name, daemon=True
+            target=server.serve_forever, kwargs={"poll_interval": 0.05}, name=self._name, daemon=True
         )
         self._thread.start()
 
