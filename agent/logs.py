@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 import time
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 from agent.evidence import LogRecord
@@ -91,9 +93,12 @@ def _time_ns(value: Any) -> int:
     if value is None or isinstance(value, bool):
         return 0
     if isinstance(value, (int, float)):
+        if not math.isfinite(value):
+            return 0
         v = abs(value)
-        scale = 1e9 if v < 1e11 else 1e6 if v < 1e14 else 1e3 if v < 1e17 else 1
-        return int(value * scale)
+        scale = 10**9 if v < 1e11 else 10**6 if v < 1e14 else 10**3 if v < 1e17 else 1
+        # Decimal of the shortest repr: 1714564800.25 s is exactly ...250000000 ns.
+        return int(Decimal(repr(value)) * scale)
     if not isinstance(value, str):
         return 0
     text = value.strip()
