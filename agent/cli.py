@@ -63,9 +63,13 @@ def doctor() -> None:
     sys.exit(0 if all(i.status != "fail" for i in items) else EXIT_USAGE)
 
 
-def _finish(result) -> None:
+def _finish(result, html: Path | None = None) -> None:
     from conformance import render_summary
 
+    if html is not None:
+        from conformance.html import write_html
+
+        write_html(result.report, html, result.run_dir)
     click.echo(render_summary(result.report, report_path=result.report_path))
     sys.exit(result.exit_code)
 
@@ -92,15 +96,28 @@ def _common_run_options(f):
 @click.option("--metrics-url", help="The SUT's Prometheus /metrics URL.")
 @click.option("--path", "paths", multiple=True, default=["/"], help="Path to request in the load phase (repeatable).")
 @click.option("--no-ebpf", is_flag=True, help="Degraded mode: no kernel truth; KT checks are inconclusive.")
+@click.option("--html", type=click.Path(path_type=Path), default=None, help="Also write a self-contained HTML report.")
+@click.option("--agent", "agent_url", envvar="OBSCONFORM_AGENT",
+              help="Run on a remote `obsconform serve` at this URL instead of locally.")
+@click.option("--token-file", type=click.Path(path_type=Path), envvar="OBSCONFORM_TOKEN_FILE",
+              help="File holding the remote agent's bearer token (with --agent).")
 @_common_run_options
-def run(exec_cmd, pid, url, metrics_url, paths, no_ebpf, requests, concurrency, out_dir, junit, capture_bytes, checks) -> None:
+def run(exec_cmd, pid, url, metrics_url, paths, no_ebpf, html, agent_url, token_file, requests, concurrency, out_dir,
+        junit, capture_bytes, checks) -> None:
     """Run the conformance checks against a service; exit 0 compliant, 2 non-compliant, 3 inconclusive."""
     from agent.runner import RunConfig, run as do_run
 
+    if agent_url:
+        from agent.remote import run_from_cli
+
+        _finish(run_from_cli(agent_url, token_file, out_dir=out_dir, junit=junit, progress=_progress,
+                             exec_cmd=exec_cmd, pid=pid, url=url, metrics_url=metrics_url, paths=list(paths),
+                             no_ebpf=no_ebpf, requests=requests, concurrency=concurrency,
+                             capture_bytes=capture_bytes, checks=list(checks)), html)
     cfg = RunConfig(url=url, exec_cmd=exec_cmd, pid=pid, metrics_url=metrics_url, paths=list(paths),
                     requests=requests, concurrency=concurrency, out_dir=out_dir, junit=junit,
                     capture_bytes=capture_bytes, no_ebpf=no_ebpf, checks=list(checks) or None)
-    _finish(do_run(cfg, progress=_progress))
+    _finish(do_run(cfg, progress=_progress), html)
 
 
 def _free_port() -> int:
@@ -139,6 +156,25 @@ def analyze(run_dir: Path, out_dir: Path | None, checks) -> None:
     load_meta(run_dir)  # a clear error when RUN_DIR is not a run directory
     out = out_dir or (run_dir.parent.parent if run_dir.parent.name == "runs" else run_dir)
     _finish(judge(run_dir, out, checks=list(checks) or None))
+
+
+@cli.command()
+@click.option("--listen", default="127.0.0.1:9477", envvar="OBSCONFORM_LISTEN",
+              help="HOST:PORT to listen on; a non-loopback address needs --token-file.")
+@click.option("--token-file", type=click.Path(path_type=Path), envvar="OBSCONFORM_TOKEN_FILE",
+              help="Bearer token clients must send (default on loopback: generated in --reports-dir).")
+@click.option("--tls-cert", type=click.Path(path_type=Path), help="Serve HTTPS with this certificate (PEM).")
+@click.option("--tls-key", type=click.Path(path_type=Path), help="Private key of --tls-cert (PEM).")
+@click.option("--allow-exec", is_flag=True, help="Accept run specs that launch a command (exec).")
+@click.option("--reports-dir", type=click.Path(path_type=Path), default=Path("/var/lib/obsconform/reports"),
+              envvar="OBSCONFORM_REPORTS_DIR", help="Run index, run directories and reports.")
+@click.option("--run-timeout", type=click.FloatRange(min=1), default=1800.0, help="Seconds before a run is aborted.")
+def serve(listen, token_file, tls_cert, tls_key, allow_exec, reports_dir, run_timeout) -> None:
+    """Run the agent as a daemon: HTTP API under /v1, one run at a time, others queued."""
+    from agent.daemon import DaemonConfig, serve as run_daemon
+
+    sys.exit(run_daemon(DaemonConfig(listen=listen, token_file=token_file, tls_cert=tls_cert, tls_key=tls_key,
+                                     allow_exec=allow_exec, reports_dir=reports_dir, run_timeout_s=run_timeout)))
 
 
 @cli.group()
@@ -191,6 +227,18 @@ def report_junit(file: Path, output: Path | None) -> None:
         write_text_atomic(output, xml)
     else:
         click.echo(xml)
+
+
+@report.command("html")
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), default=None, help="Default: FILE with .html.")
+@click.option("--evidence", type=click.Path(path_type=Path), default=None,
+              help="The run's evidence directory, for the charts (default: the report's run.evidence_dir).")
+def report_html(file: Path, output: Path | None, evidence: Path | None) -> None:
+    """Write a self-contained HTML page: verdict, check table, charts."""
+    from conformance.html import write_html
+
+    click.echo(f"wrote {write_html(_load_report(file), output or file.with_suffix('.html'), evidence)}")
 
 
 def main() -> None:
