@@ -1,0 +1,113 @@
+"""The /metrics scraper against prometheus_client's own HTTP server and a witness server."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+from prometheus_client import CollectorRegistry, Counter, start_http_server
+
+from agent.downstream import DownstreamSink
+from agent.evidence import AGENT_USER_AGENT, RunMeta, load_evidence
+from agent.exposition import counter_value, parse_exposition
+from agent.scrape import ACCEPT_OPENMETRICS, ACCEPT_PROMETHEUS, Scraper, ScrapeLoop
+
+
+@pytest.fixture(scope="module")
+def exporter() -> Iterator[tuple[str, Counter]]:
+    """prometheus_client's real /metrics server (it negotiates the format and gzips on request)."""
+    reg = CollectorRegistry()
+    counter = Counter("jobs", "Jobs done.", ["kind"], registry=reg)
+    counter.labels("a").inc(5)
+    server, thread = start_http_server(0, addr="127.0.0.1", registry=reg)
+    yield f"http://127.0.0.1:{server.server_port}/metrics", counter
+    server.shutdown()
+    server.server_close()
+    thread.join(5)
+
+
+@pytest.mark.parametrize(
+    ("openmetrics", "media", "fmt"),
+    [(False, "text/plain", "prometheus"), (True, "application/openmetrics-text", "openmetrics")],
+    ids=["text-0.0.4", "openmetrics-negotiated"],
+)
+def test_scrape_negotiates_stores_and_parses(exporter, writer, openmetrics, media, fmt):
+    url, counter = exporter
+    scrape = Scraper(url, writer).scrape("before", openmetrics=openmetrics)
+    assert (scrape.status, scrape.error, scrape.phase) == (200, "", "before")
+    assert scrape.content_type.startswith(media)
+    assert scrape.accept == (ACCEPT_OPENMETRICS if openmetrics else ACCEPT_PROMETHEUS)
+    writer.meta(RunMeta(run_id="t", started_at="2025-01-01T00:00:00Z"))
+    evidence = load_evidence(writer.run_dir)
+    (stored,) = evidence.scrapes
+    assert stored == scrape and stored.file.startswith("scrapes/")
+    exp = parse_exposition(evidence.scrape_text(stored), stored.content_type)  # stored un-gzipped
+    assert (exp.format, exp.error) == (fmt, "")
+    assert counter_value(exp, "jobs", {"kind": "a"}) == 5
+
+
+def test_phases_and_sequence_follow_the_run(exporter, writer):
+    url, counter = exporter
+    scraper = Scraper(url, writer)
+    before = scraper.scrape("before")
+    counter.labels("phases").inc(2)
+    after = scraper.scrape("after")
+    assert [(s.seq, s.phase) for s in scraper.scrapes] == [(0, "before"), (1, "after")]
+    values = [
+        counter_value(parse_exposition((writer.run_dir / s.file).read_text(), s.content_type), "jobs", {"kind": "phases"})
+        for s in (before, after)
+    ]
+    assert values == [None, 2]
+
+
+def test_agent_requests_carry_the_agent_user_agent(witness):
+    scraper = Scraper(f"{witness.url}/metrics?x=1", None)
+    scraper.scrape("before", openmetrics=True)
+    (seen,) = witness.requests
+    headers = dict(seen.headers)
+    assert seen.path == "/metrics?x=1"
+    assert headers["user-agent"].startswith(f"{AGENT_USER_AGENT}/")
+    assert headers["accept"] == ACCEPT_OPENMETRICS
+
+
+def test_server_down_is_recorded_not_raised(closed_port_url, writer):
+    scrape = Scraper(f"{closed_port_url}/metrics", writer).scrape("during")
+    assert (scrape.status, scrape.file) == (None, "")
+    assert "ConnectionRefusedError" in scrape.error
+
+
+def test_http_error_is_recorded_with_its_body(writer):
+    with DownstreamSink(None) as sink:
+        sink.respond("/metrics", status=503, body="overloaded")
+        scrape = Scraper(f"{sink.url}/metrics", writer).scrape("during")
+    assert (scrape.status, scrape.error) == (503, "HTTP 503 Service Unavailable")
+    assert (writer.run_dir / scrape.file).read_text() == "overloaded"
+
+
+def test_a_hanging_server_times_out(witness):
+    witness.hang = threading.Event()
+    t0 = time.monotonic()
+    scrape = Scraper(witness.url, None, timeout_s=0.3).scrape("during")
+    assert "timed out" in scrape.error and scrape.status is None
+    assert time.monotonic() - t0 < 2
+
+
+def test_scrape_loop_scrapes_during_load_until_stopped(exporter, writer):
+    scraper = Scraper(exporter[0], writer)
+    with ScrapeLoop(scraper, interval_s=0.02) as loop:
+        deadline = time.monotonic() + 5
+        while loop.count < 3 and time.monotonic() < deadline:
+            threading.Event().wait(0.01)  # poll with a deadline
+    stopped_at = len(scraper.scrapes)
+    assert stopped_at >= 3 and loop.failures == 0
+    assert {s.phase for s in scraper.scrapes} == {"during"}
+    assert [s.seq for s in scraper.scrapes] == list(range(stopped_at))
+    assert len(scraper.scrapes) == stopped_at  # nothing after stop()
+
+
+@pytest.mark.parametrize(("url", "kwargs"), [("ftp://x/metrics", {}), ("localhost:9090", {}), ("http://h/m", {"timeout_s": 0})])
+def test_bad_arguments_name_the_parameter(url, kwargs):
+    with pytest.raises(ValueError, match="url|timeout_s"):
+        Scraper(url, None, **kwargs)
