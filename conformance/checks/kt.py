@@ -1,0 +1,137 @@
+"""Kernel-truth checks on spans and the agent itself: KT-001 (span per request),
+KT-003 (latency drift), KT-007 (agent self-loss). KT-002 lives in kt_metrics."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from conformance.gate import agent_loss
+from conformance.join import JOIN_HEURISTIC, JOIN_TRACEPARENT, JoinedRequest
+from conformance.model import Finding
+from conformance.registry import CheckContext, check
+from conformance.stats import describe
+
+SAMPLE_LIMIT = 10
+WORST_LIMIT = 5
+
+
+def _request_ref(r: JoinedRequest) -> dict[str, Any]:
+    k = r.kernel
+    return {"request": k.id, "trace_id": r.trace_id or None, "method": k.method,
+            "target": k.target, "status": k.status}
+
+
+@check("KT-001")
+def one_server_span_per_request(ctx: CheckContext) -> Finding:
+    j = ctx.joined
+    budget = ctx.threshold("loss_budget_pct")
+    answered = j.answered
+    n = len(answered)
+    missing = [r for r in answered if not r.spans]
+    dups = [r for r in answered if len(r.spans) > 1]
+    loss_pct = 100.0 * len(missing) / n if n else 0.0
+    observed = {
+        "kernel_requests": n,
+        "with_span": n - len(missing),
+        "missing": len(missing),
+        "duplicates": len(dups),
+        "loss_pct": round(loss_pct, 6),
+        "joined_by_traceparent": sum(r.span_join == JOIN_TRACEPARENT for r in answered),
+        "joined_by_heuristic": sum(r.span_join == JOIN_HEURISTIC for r in answered),
+        "unanswered_excluded": len(j.requests) - n,
+        "agent_requests_excluded": len(j.agent_requests),
+        "server_spans_without_request": len(j.unjoined_spans),
+    }
+    expected = {"spans_per_request": 1, "loss_pct_max": budget, "duplicates": 0}
+    evidence = {
+        "missing_samples": [_request_ref(r) for r in missing[:SAMPLE_LIMIT]],
+        "duplicate_samples": [
+            {**_request_ref(r), "span_ids": [s.span_id for s in r.spans]}
+            for r in dups[:SAMPLE_LIMIT]
+        ],
+        "notes": list(j.notes),
+    }
+    if n == 0:
+        return Finding.inconclusive(
+            "the kernel saw no answered request under test: nothing to compare (did the "
+            "driver reach the SUT's port?)", observed, expected, **evidence)
+    problems = []
+    if loss_pct > budget:
+        problems.append(f"{len(missing)} of {n} requests ({loss_pct:.3g}%) have no server "
+                        f"span, budget {budget:g}%")
+    if dups:
+        problems.append(f"{len(dups)} request(s) have 2 or more server spans")
+    if problems:
+        return Finding.failed("; ".join(problems), observed, expected, **evidence)
+    tail = f" ({len(missing)} missing, within {budget:g}%)" if missing else ""
+    return Finding.passed(f"{n} requests, one server span each{tail}", observed, expected,
+                          **evidence)
+
+
+@check("KT-003")
+def latency_drift(ctx: CheckContext) -> Finding:
+    budget_us = ctx.threshold("drift_p99_ms") * 1000.0
+    rows = []
+    for r in ctx.joined.answered:
+        if len(r.spans) != 1:  # missing or duplicated spans are KT-001's business
+            continue
+        k, s = r.kernel, r.spans[0]
+        if k.t_resp_last is None or k.duration_ns is None:  # not answered
+            continue
+        rows.append((r, (k.duration_ns - s.duration_ns) / 1000.0,
+                     (s.start_ns - k.t_req_first) / 1000.0,
+                     (k.t_resp_last - s.end_ns) / 1000.0))
+    expected = {"abs_p99_drift_us_max": budget_us}
+    if not rows:
+        return Finding.inconclusive(
+            "no answered request is joined to exactly one server span: no drift to measure "
+            "(see KT-001)", {"drift_us": describe([])}, expected)
+    drift = describe([row[1] for row in rows])
+    observed = {
+        "drift_us": drift,
+        "start_offset_us": describe([row[2] for row in rows]),
+        "end_offset_us": describe([row[3] for row in rows]),
+    }
+    worst = sorted(rows, key=lambda row: abs(row[1]), reverse=True)[:WORST_LIMIT]
+    evidence = {"worst": [
+        {**_request_ref(r), "kernel_duration_us": round(r.kernel.duration_ns / 1000.0, 1),
+         "span_duration_us": round(r.spans[0].duration_ns / 1000.0, 1),
+         "drift_us": round(d, 1), "start_offset_us": round(so, 1),
+         "end_offset_us": round(eo, 1)}
+        for r, d, so, eo in worst
+    ]}
+    p99 = float(drift["p99"] or 0.0)
+    summary = (f"drift p99 {p99:.0f} us (p50 {drift['p50']:.0f}, max {drift['max']:.0f}) "
+               f"over {drift['samples']} requests")
+    if abs(p99) > budget_us:
+        return Finding.failed(f"{summary}: beyond +/-{budget_us:.0f} us; the span misses "
+                              "time the kernel saw", observed, expected, **evidence)
+    return Finding.passed(f"{summary}, within +/-{budget_us:.0f} us", observed, expected,
+                          **evidence)
+
+
+_ADVICE = {
+    "ring_drops": "enlarge the ring buffer or lower the load's concurrency",
+    "truncated_captures": "raise capture_bytes",
+    "map_full": "raise the connection map size or lower the concurrency",
+}
+
+
+@check("KT-007", runs_on_agent_loss=True)
+def agent_lost_nothing(ctx: CheckContext) -> Finding:
+    meta = ctx.evidence.meta
+    counters, missing = agent_loss(meta)
+    expected = {name: 0 for name in (*counters, *missing)}
+    evidence = {"capture_bytes": meta.capture_bytes}
+    if missing:
+        return Finding.inconclusive(
+            f"the agent did not report {', '.join(missing)}: its loss is unknown",
+            counters, expected, **evidence)
+    lost = {k: v for k, v in counters.items() if v}
+    if lost:
+        detail = ", ".join(f"{k}={v}" for k, v in lost.items())
+        advice = "; ".join(_ADVICE[k] for k in lost)
+        return Finding.failed(f"the agent lost kernel events ({detail}): {advice}, then rerun",
+                              counters, expected, **evidence)
+    return Finding.passed("no ring-buffer drop, truncated capture or full map", counters,
+                          expected, **evidence)

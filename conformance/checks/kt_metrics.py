@@ -1,0 +1,184 @@
+"""KT-002: the SUT's request metric counts what the kernel saw, per method, route, status."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+from agent.evidence import Evidence, KernelRequest, Scrape
+from agent.exposition import Exposition, parse_exposition
+from conformance.httpsem import RouteMatcher, route_matches
+from conformance.metricsource import (
+    Key, Series, find_prometheus_metric, otlp_series, prometheus_series, series_key,
+)
+from conformance.model import Finding
+from conformance.registry import CheckContext, check
+
+MISMATCH_LIMIT = 20
+# fastapi-instrumentator labels requests that matched no route template "none".
+UNTEMPLATED = "none"
+
+
+@dataclass
+class Comparison:
+    observed: dict[str, Any]
+    mismatches: list[dict[str, Any]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def parsed_scrape(ctx: CheckContext, scrape: Scrape) -> Exposition:
+    """A scrape's parsed body, shared between checks of one evaluation."""
+    return ctx.shared(f"scrape:{scrape.seq}", lambda: parse_exposition(
+        ctx.evidence.scrape_text(scrape), scrape.content_type))
+
+
+def _last_good(evidence: Evidence, phase: str) -> Scrape | None:
+    good = [s for s in evidence.scrapes
+            if s.phase == phase and s.file and not s.error and s.status in (None, 200)]
+    return max(good, key=lambda s: s.t_ns) if good else None
+
+
+def _metrics_path(evidence: Evidence) -> str:
+    url = str(evidence.meta.target.get("metrics_url") or "")
+    return urlsplit(url).path or "/metrics" if url else "/metrics"
+
+
+def compare(series: Series, under_test: list[KernelRequest], agent: list[KernelRequest],
+            agent_paths: set[str], tolerance: float) -> Comparison:
+    """Per-key comparison of ``series`` with kernel counts; agent requests excluded on
+    both sides when the metric has a route label, else accepted either way."""
+    counts = dict(series.counts)
+    notes = list(series.notes)
+    has_route = bool(series.labels.get("route"))
+    excluded: list[str] = []
+    matcher = None
+    if has_route:
+        routes = {key[series.dims.index("route")] for key in counts}
+        excluded = sorted(r for r in routes if any(route_matches(r, p) for p in agent_paths))
+        matcher = RouteMatcher(routes)
+
+    def route_of(k: KernelRequest) -> str:
+        found = matcher.match(k.path) if matcher else k.path
+        if found is None:
+            found = UNTEMPLATED if matcher and UNTEMPLATED in matcher.exact else k.path
+        return found
+
+    def key_of(k: KernelRequest) -> Key:
+        return series_key(series, k.method, route_of(k) if has_route else None, k.status)
+
+    kernel = Counter(key_of(k) for k in under_test)
+    agent_counts: Counter[Key] = Counter()
+    if has_route:
+        ri = series.dims.index("route")
+        dropped = sum(n for key, n in kernel.items() if key[ri] in excluded)
+        counts = {key: v for key, v in counts.items() if key[ri] not in excluded}
+        kernel = Counter({key: n for key, n in kernel.items() if key[ri] not in excluded})
+        if dropped:
+            notes.append(f"{dropped} request(s) under test hit routes the agent also uses "
+                         f"({', '.join(excluded)}): left out on both sides")
+    else:
+        agent_counts = Counter(key_of(k) for k in agent)
+        if agent_counts:
+            notes.append(f"{series.metric} has no route label, so the agent's own "
+                         f"{sum(agent_counts.values())} request(s) may be counted: a series "
+                         "matches with or without them")
+    mismatches = []
+    for key in sorted(set(counts) | set(kernel)):
+        m, k = counts.get(key, 0.0), kernel.get(key, 0)
+        if abs(m - k) <= tolerance:
+            continue
+        if agent_counts and abs(m - (k + agent_counts.get(key, 0))) <= tolerance:
+            continue
+        mismatches.append({"source": series.source, **dict(zip(series.dims, key)),
+                           "kernel": k, "metric": _num(m), "diff": _num(m - k)})
+    mismatches.sort(key=lambda x: -abs(x["diff"]))
+    observed = {
+        "metric": series.metric, "source": series.source,
+        "labels": dict(series.labels), "status_classes": series.status_classes,
+        "kernel_count": sum(kernel.values()), "metric_count": _num(sum(counts.values())),
+        "series": len(set(counts) | set(kernel)), "mismatched_series": len(mismatches),
+        "excluded_routes": excluded,
+    }
+    return Comparison(observed, mismatches, notes)
+
+
+def _num(value: float) -> float | int:
+    return int(value) if float(value).is_integer() else round(value, 6)
+
+
+def _answered(reqs: list[KernelRequest], lo: int, hi: int | None) -> list[KernelRequest]:
+    return [k for k in reqs if k.status is not None and k.t_req_first >= lo
+            and (hi is None or k.t_req_first < hi)]
+
+
+@check("KT-002")
+def metric_counts_match_kernel(ctx: CheckContext) -> Finding:
+    ev, j = ctx.evidence, ctx.joined
+    tolerance = ctx.threshold("count_tolerance")
+    named = (ev.meta.scenario or {}).get("metric")
+    under_test = [r.kernel for r in j.answered]
+    agent_paths = {k.path for k in j.agent_requests} | {_metrics_path(ev)}
+    observed: dict[str, Any] = {"prometheus": None, "otlp": None}
+    problems: list[str] = []
+    comparisons: list[Comparison] = []
+    tried: list[str] = []
+
+    before, after = _last_good(ev, "before"), _last_good(ev, "after")
+    if before is None or after is None:
+        problems.append("no successful before and after /metrics scrapes")
+    else:
+        b, a = parsed_scrape(ctx, before), parsed_scrape(ctx, after)
+        if b.error or a.error:
+            problems.append(f"scrape does not parse: {b.error or a.error} (see SC-001)")
+        else:
+            candidate, overrides, tried = find_prometheus_metric(a, named)
+            if candidate is None:
+                problems.append(f"no request metric in /metrics (tried {', '.join(tried[:4])}"
+                                f"{' ...' if len(tried) > 4 else ''}); name it in the "
+                                "scenario as metric: NAME")
+            else:
+                inside = _answered(under_test, before.t_ns, after.t_ns)
+                c = compare(prometheus_series(b, a, candidate, overrides), inside,
+                            _answered(j.agent_requests, before.t_ns, after.t_ns),
+                            agent_paths, tolerance)
+                c.observed["scrapes"] = {"before": before.seq, "after": after.seq}
+                if len(inside) < len(under_test):
+                    c.notes.append(f"{len(under_test) - len(inside)} request(s) under test "
+                                   "fell outside the before/after scrapes: not compared")
+                observed["prometheus"] = c.observed
+                comparisons.append(c)
+
+    start = before.t_ns if before else min((k.t_req_first for k in under_test), default=0)
+    otlp = otlp_series(ev.metrics, start)
+    if otlp is not None:
+        c = compare(otlp, _answered(under_test, start, None),
+                    _answered(j.agent_requests, start, None), agent_paths, tolerance)
+        observed["otlp"] = c.observed
+        comparisons.append(c)
+
+    expected = {"per_series": "metric count delta == kernel count",
+                "count_tolerance": tolerance}
+    mismatches = [m for c in comparisons for m in c.mismatches]
+    evidence = {"mismatches": mismatches[:MISMATCH_LIMIT],
+                "notes": [n for c in comparisons for n in c.notes] + problems,
+                "candidates_tried": tried}
+    if not under_test:
+        return Finding.inconclusive("the kernel saw no answered request under test",
+                                    observed, expected, **evidence)
+    if not comparisons or (named and observed["prometheus"] is None):
+        return Finding.inconclusive("; ".join(problems) or "no request metric to compare",
+                                    observed, expected, **evidence)
+    used = " and ".join(f"{c.observed['metric']} ({c.observed['source']})" for c in comparisons)
+    if mismatches:
+        first = mismatches[0]
+        where = " ".join(str(first[d]) for d in ("method", "route", "status") if d in first)
+        return Finding.failed(
+            f"{len(mismatches)} series differ from the kernel count, e.g. {where}: metric "
+            f"{first['metric']}, kernel {first['kernel']} (in {used})", observed, expected,
+            **evidence)
+    first = comparisons[0].observed
+    return Finding.passed(
+        f"counts equal the kernel's: {first['kernel_count']} requests in {first['series']} "
+        f"series (in {used})", observed, expected, **evidence)

@@ -1,0 +1,251 @@
+"""Join the three views of each request: kernel ↔ driver record ↔ server span (+ its client
+spans and the outbound requests the kernel saw it make).
+
+Primary key: the traceparent captured on the wire. A SERVER span belongs to a kernel request
+when ``span.trace_id`` is the inbound trace-id and ``span.parent_span_id`` the inbound
+parent-id. Requests without a valid inbound traceparent, or whose context the SUT did not
+continue, are joined best effort to the remaining SERVER spans by method, path (or route
+template) and time overlap; ``JoinedRequest.span_join`` says which way each one was joined.
+Everything is indexed in dicts so the join stays O(n) for large runs.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from agent.evidence import AGENT_USER_AGENT, DriverRecord, Evidence, KernelRequest, Span
+from agent.tracecontext import TraceParent, parse_traceparent
+from conformance.httpsem import route_matches, span_method, span_path, span_route
+
+JOIN_TRACEPARENT = "traceparent"
+JOIN_HEURISTIC = "heuristic"
+# Time slack for overlap matching on top of the measured clock-conversion uncertainty.
+BASE_SLOP_NS = 1_000_000
+
+
+@dataclass
+class JoinedRequest:
+    """One kernel-observed server request and everything joined to it."""
+
+    kernel: KernelRequest
+    traceparent: TraceParent | None  # the valid inbound traceparent, else None
+    traceparent_values: list[str]  # raw header values as captured (several = duplicated)
+    spans: list[Span] = field(default_factory=list)  # SERVER spans joined to it
+    span_join: str = ""  # JOIN_TRACEPARENT | JOIN_HEURISTIC | "" (no span)
+    driver: DriverRecord | None = None
+    client_spans: list[Span] = field(default_factory=list)  # CLIENT descendants
+    outbound: list[KernelRequest] = field(default_factory=list)  # parent_request == this
+
+    @property
+    def answered(self) -> bool:
+        return self.kernel.status is not None and self.kernel.t_resp_last is not None
+
+    @property
+    def trace_id(self) -> str:
+        """The inbound trace-id, else the trace-id of the joined span, else ""."""
+        if self.traceparent:
+            return self.traceparent.trace_id
+        return self.spans[0].trace_id if self.spans else ""
+
+
+@dataclass
+class Joined:
+    """The join of one run's evidence, read by every check."""
+
+    requests: list[JoinedRequest]  # server requests under test, in kernel order
+    agent_requests: list[KernelRequest]  # the agent's own scrapes and probes (excluded)
+    agent_spans: list[Span]  # SERVER spans of the agent's own requests
+    unjoined_spans: list[Span]  # SERVER spans that match no kernel request
+    unattributed_outbound: list[KernelRequest]  # client requests of no request under test
+    unmatched_driver: list[DriverRecord]  # driver records the kernel did not see
+    heuristic_joins: int = 0
+    notes: list[str] = field(default_factory=list)
+    by_kernel_id: dict[str, JoinedRequest] = field(default_factory=dict)
+
+    @property
+    def answered(self) -> list[JoinedRequest]:
+        """Requests the SUT answered (a final status on the wire)."""
+        return [r for r in self.requests if r.answered]
+
+
+def is_agent_request(req: KernelRequest) -> bool:
+    ua = req.header("user-agent") or ""
+    return ua.startswith(AGENT_USER_AGENT)
+
+
+def join(evidence: Evidence) -> Joined:
+    """Join one run's evidence; see the module docstring for the rules."""
+    slop = BASE_SLOP_NS + int(evidence.meta.clock.get("uncertainty_ns") or 0)
+    under_test: list[JoinedRequest] = []
+    agent: list[JoinedRequest] = []
+    client_reqs: list[KernelRequest] = []
+    for k in sorted(evidence.kernel, key=lambda r: r.t_req_first):
+        if k.direction != "server":
+            client_reqs.append(k)
+            continue
+        values = k.headers.get("traceparent", [])
+        tp = parse_traceparent(values[0]) if len(values) == 1 else None
+        jr = JoinedRequest(kernel=k, traceparent=tp, traceparent_values=list(values))
+        (agent if is_agent_request(k) else under_test).append(jr)
+
+    server_spans = [s for s in evidence.spans if s.kind == "SERVER"]
+    pool = _join_by_traceparent(under_test + agent, server_spans)
+    heuristic = _join_by_overlap([r for r in under_test if not r.spans and r.answered], pool, slop)
+    _join_by_overlap([r for r in agent if not r.spans and r.answered], pool, slop)
+    unjoined = [s for s in server_spans if id(s) in pool]
+
+    unmatched_driver = _join_driver(under_test, evidence.driver, slop)
+    by_id = {r.kernel.id: r for r in under_test}
+    unattributed = []
+    for c in client_reqs:
+        parent = by_id.get(c.parent_request or "")
+        if parent is None:
+            unattributed.append(c)
+        else:
+            parent.outbound.append(c)
+    _attach_client_spans(under_test, evidence.spans)
+
+    notes = []
+    if heuristic:
+        notes.append(f"{heuristic} request(s) joined to spans by method, path and time "
+                     "(no continued trace context): best effort")
+    return Joined(
+        requests=under_test, agent_requests=[r.kernel for r in agent],
+        agent_spans=[s for r in agent for s in r.spans], unjoined_spans=unjoined,
+        unattributed_outbound=unattributed, unmatched_driver=unmatched_driver,
+        heuristic_joins=heuristic, notes=notes, by_kernel_id=by_id,
+    )
+
+
+def _join_by_traceparent(requests: list[JoinedRequest], spans: list[Span]) -> dict[int, Span]:
+    """Attach spans keyed by (inbound trace-id, parent-id); return the unjoined span pool."""
+    by_key: dict[tuple[str, str], list[Span]] = defaultdict(list)
+    for s in spans:
+        by_key[(s.trace_id, s.parent_span_id)].append(s)
+    reqs_by_key: dict[tuple[str, str], list[JoinedRequest]] = defaultdict(list)
+    for r in requests:
+        if r.traceparent:
+            reqs_by_key[(r.traceparent.trace_id, r.traceparent.parent_id)].append(r)
+    for key, reqs in reqs_by_key.items():
+        for s in by_key.pop(key, []):
+            # One request per key is the norm; a resent header shares the key, so each
+            # span goes to the request whose time window it starts in (else the nearest).
+            target = reqs[0] if len(reqs) == 1 else min(reqs, key=lambda r: _distance(r, s))
+            target.spans.append(s)
+            target.span_join = JOIN_TRACEPARENT
+    return {id(s): s for group in by_key.values() for s in group}
+
+
+def _distance(r: JoinedRequest, s: Span) -> int:
+    start, end = r.kernel.t_req_first, r.kernel.t_resp_last or r.kernel.t_req_first
+    if start <= s.start_ns <= end:
+        return 0
+    return min(abs(s.start_ns - start), abs(s.start_ns - end))
+
+
+def _join_by_overlap(requests: list[JoinedRequest], pool: dict[int, Span], slop: int) -> int:
+    """Best effort: a pooled span of the same method whose path (or route template)
+    matches and which starts inside the request's kernel window. Consumes from pool."""
+    if not requests or not pool:
+        return 0
+    by_path: dict[tuple[str, str], list[Span]] = defaultdict(list)
+    by_route: dict[str, dict[str, list[Span]]] = defaultdict(lambda: defaultdict(list))
+    for s in pool.values():
+        method = span_method(s) or ""
+        path = span_path(s)
+        if path is not None:
+            by_path[(method, path)].append(s)
+        elif (route := span_route(s)) is not None:
+            by_route[method][route].append(s)
+    for group in by_path.values():
+        group.sort(key=lambda s: s.start_ns)
+    for routes in by_route.values():
+        for group in routes.values():
+            group.sort(key=lambda s: s.start_ns)
+    joined = 0
+    for r in requests:
+        k = r.kernel
+        candidates = [by_path.get((k.method, k.path), [])]
+        candidates += [g for route, g in by_route.get(k.method, {}).items()
+                       if route_matches(route, k.path)]
+        best = _nearest_in_window(candidates, pool, k.t_req_first - slop,
+                                  (k.t_resp_last or k.t_req_first) + slop, k.t_req_first)
+        if best is not None:
+            del pool[id(best)]
+            r.spans.append(best)
+            r.span_join = JOIN_HEURISTIC
+            joined += 1
+    return joined
+
+
+def _nearest_in_window(groups: list[list[Span]], pool: dict[int, Span], lo: int, hi: int,
+                       anchor: int) -> Span | None:
+    best: Span | None = None
+    for group in groups:
+        if not group:
+            continue
+        i = bisect.bisect_left(group, lo, key=lambda s: s.start_ns)
+        while i < len(group) and group[i].start_ns <= hi:
+            s = group[i]
+            if id(s) in pool and (best is None
+                                  or abs(s.start_ns - anchor) < abs(best.start_ns - anchor)):
+                best = s
+            i += 1
+    return best
+
+
+def _join_driver(requests: list[JoinedRequest], driver: list[DriverRecord],
+                 slop: int) -> list[DriverRecord]:
+    """Attach driver records by traceparent, else by method, path and send time."""
+    by_key: dict[tuple[str, str], list[DriverRecord]] = defaultdict(list)
+    rest: list[DriverRecord] = []
+    for d in driver:
+        (by_key[(d.trace_id, d.parent_id)] if d.trace_id else rest).append(d)
+    pending: list[JoinedRequest] = []
+    for r in requests:
+        group = by_key.get((r.traceparent.trace_id, r.traceparent.parent_id)) if r.traceparent \
+            else None
+        if group:
+            d = min(group, key=lambda d: abs(d.t_send_ns - r.kernel.t_req_first))
+            group.remove(d)
+            r.driver = d
+        else:
+            pending.append(r)
+    rest += [d for group in by_key.values() for d in group]
+    by_route: dict[tuple[str, str], list[DriverRecord]] = defaultdict(list)
+    for d in sorted(rest, key=lambda d: d.t_send_ns):
+        by_route[(d.method.upper(), d.path.split("?", 1)[0])].append(d)
+    for r in pending:
+        group = by_route.get((r.kernel.method, r.kernel.path))
+        if not group:
+            continue
+        # Sent before the kernel saw it arrive and answered after: the earliest such record.
+        for i, d in enumerate(group):
+            recv = d.t_recv_ns or d.t_send_ns
+            if d.t_send_ns - slop <= r.kernel.t_req_first <= recv + slop:
+                r.driver = group.pop(i)
+                break
+    return [d for group in by_route.values() for d in group]
+
+
+def _attach_client_spans(requests: list[JoinedRequest], spans: list[Span]) -> None:
+    """CLIENT spans among the descendants of each request's server spans."""
+    children: dict[tuple[str, str], list[Span]] = defaultdict(list)
+    for s in spans:
+        if s.parent_span_id:
+            children[(s.trace_id, s.parent_span_id)].append(s)
+    for r in requests:
+        seen: set[tuple[str, str]] = set()
+        stack = list(r.spans)
+        while stack:
+            s = stack.pop()
+            key = (s.trace_id, s.span_id)
+            if key in seen:  # a cycle in a broken export must not hang the join
+                continue
+            seen.add(key)
+            if s.kind == "CLIENT":
+                r.client_spans.append(s)
+            stack.extend(children.get(key, ()))
+        r.client_spans.sort(key=lambda s: s.start_ns)

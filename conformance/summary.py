@@ -1,0 +1,60 @@
+"""The human summary of a report: verdict first, one line per check, key figures; every
+line fits in 80 columns."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+WIDTH = 80
+_STATUS = {"pass": "PASS", "fail": "FAIL", "skip": "skip", "inconclusive": "INCONC"}
+_VERDICT = {"compliant": "COMPLIANT", "non_compliant": "NON-COMPLIANT",
+            "inconclusive": "INCONCLUSIVE"}
+
+
+def _fit(line: str, width: int = WIDTH) -> str:
+    return line if len(line) <= width else line[:width - 3] + "..."
+
+
+def _num(value: Any, unit: str = "") -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:.0f}{unit}" if isinstance(value, float) else f"{value}{unit}"
+
+
+def render_summary(report: dict[str, Any], report_path: Path | str | None = None) -> str:
+    """Terminal text for ``report``; ends with the report path when given."""
+    summary = report["summary"]
+    profile = report["profile"]
+    lines = [f"obsconform: {_VERDICT.get(summary['verdict'], summary['verdict'])} "
+             f"({profile['name']} {profile['version']}): {summary['verdict_reason']}"]
+    run = report["run"]
+    if not run.get("ebpf", True):
+        lines.append(f"DEGRADED MODE, no kernel truth: {run.get('degraded_reason') or 'eBPF off'}")
+    for c in report["checks"]:
+        lines.append(f"  {_STATUS.get(c['status'], c['status']):<6} {c['id']} "
+                     f"{c['level']:<6} {' '.join(str(c['message']).split())}")
+    counts = summary["counts"]["by_status"]
+    lines.append("checks: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
+    m = report["measurements"]
+    k = m["kernel"]
+    lines.append(f"kernel: {_num(k['requests'])} requests, {_num(k['outbound_requests'])} "
+                 f"outbound, {_num(k['agent_drops'])} agent drops, "
+                 f"{_num(k['truncated_captures'])} truncated")
+    spans = m["loss"]["spans"]
+    if spans:
+        lines.append(f"span loss: {spans['missing']} of {spans['kernel_requests']} requests "
+                     f"({spans['pct']:.3g}%), {spans['duplicates']} duplicated")
+    metrics = m["loss"]["metrics"]
+    if metrics:
+        lines.append(f"metric count: {_num(metrics['metric_count'])} vs kernel "
+                     f"{metrics['kernel_count']}, {metrics['mismatched_series']} series off "
+                     f"({metrics['metric']})")
+    d = m["latency_drift_us"]
+    if d["samples"]:
+        lines.append(f"latency drift (us): p50 {_num(d['p50'])} p90 {_num(d['p90'])} "
+                     f"p99 {_num(d['p99'])} max {_num(d['max'])} ({d['samples']} requests)")
+    if report_path is not None:
+        lines.append(f"report: {report_path}")
+    lines.append("not an official CNCF certification; see the report's disclaimer")
+    return "\n".join(_fit(line) for line in lines) + "\n"
