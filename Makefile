@@ -28,7 +28,7 @@ demo: setup
 	@$(VENV)/bin/obsconform demo
 
 # pytest exits 5 when it collected no test: that is a failure here, not a pass.
-test: HOST_GROUPS = lint
+test: HOST_GROUPS = lint report
 test: setup
 	@$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest ran no test" >&2; exit 1; fi; exit $$rc

@@ -74,10 +74,9 @@ def nice_ticks(lo: float, hi: float, n: int = 5) -> list[float]:
     mag = 10 ** math.floor(math.log10(raw))
     step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
     first = math.floor(lo / step) * step
-    ticks, v = [], first
-    while v <= hi + step * 0.5:
-        ticks.append(round(v, 10))
-        v += step
+    ticks = [round(first, 10)]
+    while ticks[-1] < hi - step * 1e-9:  # the last tick covers hi
+        ticks.append(round(first + len(ticks) * step, 10))
     return ticks
 
 
@@ -247,6 +246,16 @@ def _check_rows(checks: list[dict]) -> str:
     return "\n".join(rows)
 
 
+def _loss(kind: str, v: object) -> str:
+    if isinstance(v, dict) and "missing" in v:
+        return f"{kind}: {v.get('missing')} missing of {v.get('kernel_requests', '?')} ({_num(v.get('pct'))} %)"
+    return f"{kind}: {json.dumps(v, default=str)}"
+
+
+def _num(v: object) -> str:
+    return "–" if v is None else f"{v:.1f}" if isinstance(v, float) else str(v)
+
+
 def _kv(pairs: list[tuple[str, object]]) -> str:
     return "".join(f"<div class=muted>{escape(k)}</div><div>{escape(str(v))}</div>" for k, v in pairs
                    if v not in (None, "", {}))
@@ -275,12 +284,15 @@ def render_html(report: dict, evidence_dir: Path | None = None) -> str:
 <p class="muted">{escape(str(tool.get("name", "obsconform")))} {escape(str(tool.get("version", "")))} ·
 report {escape(str(report.get("report_id", "")))} · generated {escape(str(report.get("generated_at", "")))}</p>
 <p><span class="verdict" id="verdict" style="background:{VERDICT_COLOURS.get(verdict, '#6e7781')}">{escape(verdict)}</span>
-<span class="muted" id="counts">{escape(json.dumps(counts.get("by_status", counts), default=str))}</span></p>
+<span id="verdict-reason">{escape(str(summary.get("verdict_reason", "")))}</span></p>
+<p class="muted" id="counts">{escape(", ".join(f"{n} {s}" for s, n in (counts.get("by_status") or {}).items()))}</p>
 <div class="kv">{_kv([("target", target.get("url")), ("found by", ", ".join(f"{k}={v}" for k, v in target.items()
                       if k in ("exec", "pid", "cgroup", "port"))), ("run", f"{run.get('started_at', '')} → {run.get('finished_at', '')}"),
                      ("requests sent", run.get("requests_sent")), ("kernel requests", kernel.get("requests")),
-                     ("agent drops", kernel.get("agent_drops")), ("loss", loss or None),
-                     ("drift p50/p99/max µs", "/".join(str(drift.get(k, "–")) for k in ("p50", "p99", "max")) if drift else None),
+                     ("agent drops", kernel.get("agent_drops")),
+                     ("loss", "; ".join(_loss(k, v) for k, v in loss.items() if v) or None),
+                     ("drift p50/p99/max µs", "/".join(_num(drift.get(k)) for k in ("p50", "p99", "max"))
+                      if any(drift.get(k) is not None for k in ("p50", "p99", "max")) else None),
                      ("evidence", run.get("evidence_dir"))])}</div>
 <h2>Charts</h2>{note}
 <div class="charts">
