@@ -87,12 +87,16 @@ class Witness:
     gate: int = 0
     gate_timeout_s: float = 0.5
     hang: threading.Event | None = None  # when set, requests block until it is set
+    # "" keep-alive; "header": answer with Connection: close; "silent": close the
+    # connection after the answer without saying so (a keep-alive timeout on the server).
+    close_mode: str = ""
     cond: threading.Condition = field(default_factory=threading.Condition)
 
 
 def _witness_handler(w: Witness) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        wbufsize = 64 * 1024  # one write per response (handle_one_request flushes)
 
         def log_message(self, *args: object) -> None:
             pass
@@ -125,8 +129,12 @@ def _witness_handler(w: Witness) -> type[BaseHTTPRequestHandler]:
             self.send_header("Content-Length", str(len(payload)))
             self.send_header("X-Dup", "a")
             self.send_header("X-Dup", "b")
+            if w.close_mode == "header":
+                self.send_header("Connection", "close")
             self.end_headers()
             self.wfile.write(payload)
+            if w.close_mode == "silent":
+                self.close_connection = True
 
         do_GET = do_POST = do_PUT = do_DELETE = _any
 
