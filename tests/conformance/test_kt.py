@@ -1,0 +1,210 @@
+"""KT-001, KT-003, KT-007 and the engine's gates (kernel truth, loss, errors, selection)."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from agent.errors import InputError
+from conformance import evaluate
+from conformance.model import NOT_IMPLEMENTED, Status
+from conformance.registry import REGISTRY, Registered
+from tests.conformance.builders import MS, NO_LOSS, Req, result
+
+KT = ["KT-001", "KT-002", "KT-003", "KT-007"]
+
+
+def _load(b, reqs):
+    for r in reqs:
+        b.request(r)
+    return b.build()
+
+
+def healthy(n=100):
+    return [Req(path=f"/items/{i}") for i in range(n)]
+
+
+def lose(n, every):
+    return [Req(path=f"/items/{i}", spans=0 if i % every == 0 else 1) for i in range(n)]
+
+
+CASES = [
+    # (check, requests, kernel_stats, expected status, message fragment)
+    pytest.param("KT-001", healthy(), NO_LOSS, Status.PASS, "one server span each",
+                 id="KT-001-pass-every-request-has-a-span"),
+    pytest.param("KT-001", lose(100, 50), NO_LOSS, Status.FAIL, "2 of 100 requests (2%)",
+                 id="KT-001-fail-2pct-spans-lost"),
+    pytest.param("KT-001", healthy(10) + [Req(spans=2)], NO_LOSS, Status.FAIL,
+                 "1 request(s) have 2 or more server spans", id="KT-001-fail-duplicate-span"),
+    pytest.param("KT-003", healthy(), NO_LOSS, Status.PASS, "within +/-8000 us",
+                 id="KT-003-pass-200us-drift"),
+    pytest.param("KT-003", [Req(path=f"/i/{i}", hidden_ns=20 * MS) for i in range(20)], NO_LOSS,
+                 Status.FAIL, "beyond +/-8000 us", id="KT-003-fail-20ms-hidden-latency"),
+    pytest.param("KT-007", healthy(5), NO_LOSS, Status.PASS, "no ring-buffer drop",
+                 id="KT-007-pass-no-loss"),
+    pytest.param("KT-007", healthy(5), {**NO_LOSS, "ring_drops": 3}, Status.FAIL,
+                 "ring_drops=3", id="KT-007-fail-ring-drops"),
+    pytest.param("KT-007", healthy(5), {**NO_LOSS, "truncated_captures": 1}, Status.FAIL,
+                 "raise capture_bytes", id="KT-007-fail-truncated-capture"),
+]
+
+
+@pytest.mark.parametrize("check_id, reqs, stats, status, fragment", CASES)
+def test_kt_checks_pass_and_fail(run, check_id, reqs, stats, status, fragment):
+    ev = _load(run(kernel_stats=dict(stats)), reqs)
+    r = result(evaluate(ev, select=[check_id]), check_id)
+    assert r.status == status, r.message
+    assert fragment in r.message
+    assert r.observed is not None and r.expected is not None
+
+
+def test_kt001_failure_names_the_lost_requests(run):
+    b = run()
+    reqs = lose(30, 10)
+    ev = _load(b, reqs)
+    r = result(evaluate(ev, select=["KT-001"]), "KT-001")
+    assert r.observed["missing"] == 3 and r.observed["kernel_requests"] == 30
+    assert r.observed["loss_pct"] == pytest.approx(10.0)
+    lost_paths = {f"/items/{i}" for i in (0, 10, 20)}
+    assert {s["target"] for s in r.evidence["missing_samples"]} == lost_paths
+    assert all(len(s["trace_id"]) == 32 for s in r.evidence["missing_samples"])
+
+
+def test_kt001_duplicates_report_the_span_ids(run):
+    ev = _load(run(), [Req(spans=3)])
+    r = result(evaluate(ev, select=["KT-001"]), "KT-001")
+    assert r.observed["duplicates"] == 1
+    assert len(r.evidence["duplicate_samples"][0]["span_ids"]) == 3
+
+
+def test_agent_own_scrapes_and_probes_are_never_counted_as_lost_spans(run):
+    b = run()
+    for i in range(20):
+        b.request(Req(path=f"/items/{i}"))
+        b.agent_request("/metrics" if i % 2 else "/healthz")  # no span: uninstrumented
+    r = result(evaluate(b.build(), select=["KT-001"]), "KT-001")
+    assert r.status == Status.PASS, r.message
+    assert r.observed["kernel_requests"] == 20 and r.observed["agent_requests_excluded"] == 20
+
+
+def test_unanswered_requests_are_left_out_and_counted(run):
+    ev = _load(run(), healthy(10) + [Req(status=None, spans=0)])
+    r = result(evaluate(ev, select=["KT-001"]), "KT-001")
+    assert r.status == Status.PASS
+    assert r.observed["unanswered_excluded"] == 1
+
+
+def test_loss_budget_threshold_can_be_overridden(run):
+    ev = _load(run(), lose(100, 50))
+    strict = result(evaluate(ev, select=["KT-001"]), "KT-001")
+    lenient = result(evaluate(ev, select=["KT-001"],
+                              thresholds={"KT-001": {"loss_budget_pct": 5}}), "KT-001")
+    assert (strict.status, lenient.status) == (Status.FAIL, Status.PASS)
+    flat = result(evaluate(ev, select=["KT-001"], thresholds={"KT-001.loss_budget_pct": 5}),
+                  "KT-001")
+    assert flat.status == Status.PASS
+
+
+@pytest.mark.parametrize("overrides, fragment", [
+    ({"KT-001": {"loss_pct": 1}}, "KT-001 has no threshold 'loss_pct'"),
+    ({"KT-005": {"x": 1}}, "KT-005: that check has no thresholds"),
+    ({"KT-001": {"loss_budget_pct": "high"}}, "must be a number"),
+    ({"loss_budget_pct": 1}, "give {check id"),
+], ids=["unknown-name", "check-without-thresholds", "not-a-number", "no-check-id"])
+def test_bad_threshold_overrides_are_input_errors(run, overrides, fragment):
+    ev = _load(run(), healthy(2))
+    with pytest.raises(InputError, match=re.escape(fragment)):
+        evaluate(ev, thresholds=overrides)
+
+
+def test_kt003_reports_distributions_and_the_worst_requests(run):
+    reqs = healthy(50) + [Req(path="/slow", route="/slow", hidden_ns=30 * MS)]
+    r = result(evaluate(_load(run(), reqs), select=["KT-003"]), "KT-003")
+    d = r.observed["drift_us"]
+    assert d["samples"] == 51 and d["p50"] == pytest.approx(200.0)
+    assert d["max"] == pytest.approx(30_200.0)
+    assert r.observed["start_offset_us"]["p50"] == pytest.approx(100.0)
+    worst = r.evidence["worst"][0]
+    assert worst["target"] == "/slow" and worst["drift_us"] == pytest.approx(30_200.0)
+    assert worst["kernel_duration_us"] - worst["span_duration_us"] == pytest.approx(30_200.0)
+    assert len(r.evidence["worst"]) == 5
+
+
+@pytest.mark.parametrize("stats, kt007", [
+    ({**NO_LOSS, "ring_drops": 1}, Status.FAIL),
+    ({**NO_LOSS, "map_full": 2}, Status.FAIL),
+    ({"ring_drops": 0}, Status.INCONCLUSIVE),  # loss counters not reported: loss unknown
+], ids=["ring-drop", "map-full", "counters-unreported"])
+def test_agent_loss_makes_kernel_truth_checks_inconclusive(run, stats, kt007):
+    ev = _load(run(kernel_stats=stats), lose(20, 2))  # KT-001 would fail without the gate
+    results = evaluate(ev, select=["KT"])
+    for cid in ("KT-001", "KT-002", "KT-003"):
+        r = result(results, cid)
+        assert r.status == Status.INCONCLUSIVE, (cid, r.message)
+        assert "kernel truth" in r.message
+    assert result(results, "KT-007").status == kt007
+
+
+def test_without_ebpf_every_kt_check_is_inconclusive_with_the_reason(run):
+    ev = _load(run(ebpf=False, kernel_stats={}, degraded_reason="no CAP_BPF in container"),
+               healthy(5))
+    results = evaluate(ev)
+    for cid in KT:
+        r = result(results, cid)
+        assert r.status == Status.INCONCLUSIVE
+        assert "no CAP_BPF in container" in r.message
+    # checks without kernel needs are not gated (here: not implemented yet → skip)
+    assert result(results, "TC-001").status == Status.SKIP
+
+
+def test_unimplemented_checks_are_skipped_never_passed(run):
+    results = evaluate(_load(run(), healthy(5)))
+    skipped = [r for r in results if r.status == Status.SKIP]
+    assert skipped and all(r.message == NOT_IMPLEMENTED for r in skipped)
+    assert {r.id for r in results if r.status != Status.SKIP} == set(KT)
+
+
+def test_a_check_that_raises_is_inconclusive_and_the_others_still_run(run, monkeypatch):
+    def broken(ctx):
+        raise ZeroDivisionError("boom")
+
+    monkeypatch.setitem(REGISTRY, "KT-001", Registered(broken))
+    results = evaluate(_load(run(), healthy(5)), select=["KT-001", "KT-003"])
+    r = result(results, "KT-001")
+    assert r.status == Status.INCONCLUSIVE and "ZeroDivisionError: boom" in r.message
+    assert result(results, "KT-003").status == Status.PASS
+
+
+def test_a_check_returning_garbage_is_inconclusive(run, monkeypatch):
+    monkeypatch.setitem(REGISTRY, "KT-001", Registered(lambda ctx: "pass"))
+    r = result(evaluate(_load(run(), healthy(2)), select=["KT-001"]), "KT-001")
+    assert r.status == Status.INCONCLUSIVE and "not Finding" in r.message
+
+
+def test_no_requests_under_test_is_inconclusive_not_pass(run):
+    b = run()
+    b.agent_request("/metrics")
+    results = evaluate(b.build(), select=["KT-001", "KT-003"])
+    assert [r.status for r in results] == [Status.INCONCLUSIVE, Status.INCONCLUSIVE]
+
+
+@pytest.mark.parametrize("select, ids", [
+    (["KT-003"], ["KT-003"]),
+    (["kt"], ["KT-001", "KT-002", "KT-003", "KT-004", "KT-005", "KT-006", "KT-007"]),
+    (["KT-007", "KT-001", "KT-001"], ["KT-001", "KT-007"]),
+], ids=["one-id", "prefix-any-case", "catalogue-order-no-duplicates"])
+def test_select_by_id_or_prefix(run, select, ids):
+    assert [r.id for r in evaluate(_load(run(), healthy(2)), select=select)] == ids
+
+
+def test_select_unknown_check_is_an_input_error(run):
+    with pytest.raises(InputError, match="unknown check 'XX-999'"):
+        evaluate(_load(run(), healthy(1)), select=["XX-999"])
+
+
+def test_results_carry_catalogue_identity_and_refs(run):
+    r = result(evaluate(_load(run(), healthy(2)), select=["KT-001"]), "KT-001")
+    assert (r.level, r.category) == ("MUST", "kernel-truth")
+    assert r.title.startswith("Every kernel-observed server request")
+    assert any("semconv" in ref["title"] for ref in r.spec_refs)

@@ -1,0 +1,197 @@
+"""The report: verdict rules, schema validation, atomic writing, JUnit and the summary."""
+
+from __future__ import annotations
+
+import copy
+import json
+import uuid
+import xml.etree.ElementTree as ET
+
+import pytest
+
+from conformance import (
+    build_report, evaluate, exit_code, render_junit, render_summary, validate_report,
+    write_report,
+)
+from conformance.catalogue import parse_catalogue
+from conformance.report import DISCLAIMER, ReportError, decide_verdict
+from tests.conformance.builders import Req, SemconvExporter
+
+TINY = parse_catalogue({
+    "profile": {"name": "errortrace", "version": "0.4"},
+    "checks": [
+        {"id": i, "title": i, "level": lvl, "category": "kernel-truth", "needs_kernel": True,
+         "implemented": True, "sends": "s", "expects": "e", "spec_refs": [{"title": "t"}]}
+        for i, lvl in (("KT-001", "MUST"), ("KT-002", "MUST"), ("KT-004", "SHOULD"))
+    ],
+})
+
+
+def _checks(*statuses):
+    ids = [("KT-001", "MUST"), ("KT-002", "MUST"), ("KT-004", "SHOULD")]
+    return [{"id": i, "level": lvl, "status": s} for (i, lvl), s in zip(ids, statuses) if s]
+
+
+VERDICTS = [
+    # (KT-001 MUST, KT-002 MUST, KT-004 SHOULD) → verdict
+    (("pass", "pass", "pass"), "compliant"),
+    (("pass", "pass", "fail"), "compliant"),  # SHOULD failures never change the verdict
+    (("pass", "pass", "inconclusive"), "compliant"),
+    (("fail", "pass", "pass"), "non_compliant"),
+    (("fail", "inconclusive", "pass"), "non_compliant"),  # a failure beats inconclusive
+    (("fail", "skip", "pass"), "non_compliant"),
+    (("inconclusive", "pass", "pass"), "inconclusive"),
+    (("skip", "pass", "pass"), "inconclusive"),  # unverified MUST: never compliant
+    (("pass", None, "pass"), "inconclusive"),  # MUST not selected: never compliant
+    ((None, None, "pass"), "inconclusive"),
+]
+
+
+@pytest.mark.parametrize("statuses, verdict", VERDICTS,
+                         ids=["-".join(s or "absent" for s in st) for st, _ in VERDICTS])
+def test_verdict_rules(statuses, verdict):
+    got, reason, _ = decide_verdict(_checks(*statuses), TINY)
+    assert got == verdict, reason
+
+
+def test_verdict_reason_and_absent_musts():
+    verdict, reason, absent = decide_verdict(_checks("pass", None, "pass"), TINY)
+    assert absent == ["KT-002"] and "not selected (KT-002)" in reason
+
+
+@pytest.mark.parametrize("verdict, code", [("compliant", 0), ("non_compliant", 2),
+                                           ("inconclusive", 3)])
+def test_exit_codes(verdict, code):
+    assert exit_code(verdict) == code
+
+
+def test_exit_code_rejects_unknown_verdict():
+    with pytest.raises(ValueError, match="verdict must be one of"):
+        exit_code("meh")
+
+
+@pytest.fixture
+def report(run):
+    b = run(exporter=SemconvExporter())
+    b.scrape("before")
+    for i in range(20):
+        b.request(Req(path=f"/items/{i}", spans=0 if i == 7 else 1))
+    b.outbound(b.kernel[-1])
+    b.scrape("after")
+    ev = b.build()
+    return build_report(ev, evaluate(ev), tool_version="0.1.0")
+
+
+def test_a_built_report_is_valid_and_complete(report):
+    assert validate_report(report) == []
+    assert list(report)[:11] == ["schema_version", "report_id", "generated_at", "tool", "host",
+                                 "target", "profile", "run", "measurements", "summary", "checks"]
+    assert uuid.UUID(report["report_id"]).version == 4
+    assert report["disclaimer"] == DISCLAIMER and "not an official CNCF" in DISCLAIMER
+    assert report["profile"]["thresholds"]["KT-001"] == {"loss_budget_pct": 0.001}
+    assert report["run"]["duration_s"] == 30.5 and report["run"]["requests_sent"] == 20
+    m = report["measurements"]
+    assert m["kernel"] == {"requests": 20, "outbound_requests": 1, "agent_requests": 2,
+                           "agent_drops": 0, "truncated_captures": 0}
+    assert m["loss"]["spans"] == {"kernel_requests": 20, "missing": 1, "duplicates": 0,
+                                  "pct": 5.0}
+    assert m["loss"]["metrics"]["mismatched_series"] == 0
+    assert m["latency_drift_us"]["samples"] == 19
+    assert report["summary"]["verdict"] == "non_compliant"  # KT-001 lost a span
+    assert report["summary"]["counts"]["by_level"]["MUST"]["fail"] == 1
+
+
+def test_degraded_report_is_valid_with_null_kernel_figures(run):
+    b = run(ebpf=False, kernel_stats={}, degraded_reason="no BPF")
+    b.request()
+    ev = b.build()
+    ev.kernel = []  # degraded mode: nothing from the kernel
+    rep = build_report(ev, evaluate(ev), tool_version="0.1.0")
+    assert validate_report(rep) == []
+    assert rep["measurements"]["kernel"]["requests"] is None
+    assert rep["summary"]["verdict"] == "inconclusive"
+    assert rep["run"]["ebpf"] is False and rep["run"]["degraded_reason"] == "no BPF"
+
+
+@pytest.mark.parametrize("path", [
+    ("schema_version",), ("report_id",), ("disclaimer",), ("checks",),
+    ("measurements", "latency_drift_us"), ("summary", "verdict"), ("run", "evidence_dir"),
+    ("profile", "thresholds"), ("host", "kernel"),
+], ids=lambda p: ".".join(p))
+def test_schema_rejects_a_report_missing_a_required_field(report, path):
+    broken = copy.deepcopy(report)
+    parent = broken
+    for key in path[:-1]:
+        parent = parent[key]
+    del parent[path[-1]]
+    errors = validate_report(broken)
+    assert any(f"'{path[-1]}' is a required property" in e for e in errors), errors
+
+
+@pytest.mark.parametrize("mutate, fragment", [
+    (lambda r: r["summary"].update(verdict="mostly_fine"), "is not one of"),
+    (lambda r: r["checks"][0].update(status="ok"), "is not one of"),
+    (lambda r: r["checks"][0].update(colour="red"), "Additional properties"),
+    (lambda r: r.update(report_id="not-a-uuid"), "does not match"),
+    (lambda r: r.update(generated_at="yesterday"), "does not match"),
+    (lambda r: r["checks"][0].update(id="KT-1"), "does not match"),
+], ids=["bad-verdict", "bad-status", "extra-check-field", "bad-uuid", "bad-timestamp",
+        "bad-check-id"])
+def test_schema_rejects_bad_values(report, mutate, fragment):
+    broken = copy.deepcopy(report)
+    mutate(broken)
+    assert any(fragment in e for e in validate_report(broken))
+
+
+def test_write_report_is_atomic_and_leaves_no_temp_file(report, tmp_path):
+    out = tmp_path / "out" / "CNCF-compliance-report.json"
+    write_report(report, out)
+    assert json.loads(out.read_text()) == json.loads(json.dumps(report))
+    assert [p.name for p in out.parent.iterdir()] == [out.name]
+
+
+def test_an_invalid_report_is_refused_and_nothing_is_written(report, tmp_path):
+    (tmp_path / "out").mkdir()
+    out = tmp_path / "out" / "r.json"
+    out.write_text("previous")
+    broken = copy.deepcopy(report)
+    del broken["summary"]
+    with pytest.raises(ReportError, match="does not match its schema"):
+        write_report(broken, out)
+    assert out.read_text() == "previous" and [p.name for p in out.parent.iterdir()] == ["r.json"]
+
+
+def test_junit_has_one_suite_per_category_and_one_case_per_check(report):
+    root = ET.fromstring(render_junit(report))
+    suites = root.findall("testsuite")
+    assert [s.get("name") for s in suites] == ["kernel-truth", "trace-context", "bizcode",
+                                               "errcode", "alignment", "exposition"]
+    cases = root.findall(".//testcase")
+    assert len(cases) == len(report["checks"]) == int(root.get("tests"))
+    failed = [c for c in cases if c.find("failure") is not None]
+    assert [c.get("name")[:6] for c in failed] == ["KT-001"]
+    text = failed[0].find("failure").text
+    assert "observed:" in text and '"missing": 1' in text and "expected:" in text
+    assert int(root.get("skipped")) == sum(c["status"] == "skip" for c in report["checks"])
+
+
+def test_summary_starts_with_the_verdict_and_fits_80_columns(report):
+    report["checks"][0]["message"] = "x" * 300  # long messages are cut, not wrapped
+    text = render_summary(report, report_path="/very/long/" + "d" * 100 + "/report.json")
+    lines = text.splitlines()
+    assert lines[0].startswith("obsconform: NON-COMPLIANT (errortrace 0.4)")
+    assert all(len(line) <= 80 for line in lines), [l for l in lines if len(l) > 80]
+    assert any(line.startswith("  FAIL   KT-001 MUST") for line in lines)
+    assert any(line.startswith("span loss: 1 of 20") for line in lines)
+    assert any(line.startswith("latency drift (us): p50 200") for line in lines)
+    assert lines[-2].startswith("report: /very/long/")
+
+
+def test_summary_says_degraded_mode_on_the_second_line(run):
+    b = run(ebpf=False, kernel_stats={}, degraded_reason="running in a container without CAP_BPF")
+    b.request()
+    ev = b.build()
+    text = render_summary(build_report(ev, evaluate(ev), tool_version="0.1.0"))
+    lines = text.splitlines()
+    assert lines[0].startswith("obsconform: INCONCLUSIVE")
+    assert lines[1] == "DEGRADED MODE, no kernel truth: running in a container without CAP_BPF"
