@@ -1,0 +1,601 @@
+/* http_trace.bpf.c: HTTP/1.x kernel truth from syscall tracepoints (bcc).
+ *
+ * Only tracepoint arguments and user memory are read, never kernel structs: the kernel
+ * headers available at compile time may not match the running kernel, and kprobes may
+ * not exist. Every program starts with the target filter (a tgid set, optionally a
+ * cgroup) so that the rest of the system pays one map lookup per syscall.
+ *
+ * Per connection (tgid, fd) the program keeps byte counts and the last read/write times
+ * in "conns" and writes one ring-buffer record per request-side event (request start,
+ * header continuation, response start, close). Body bytes never produce a record: their
+ * totals and times ride along on the next record of the connection.
+ *
+ * Compile-time configuration (typed -D flags set by agent/kernel/probes.py):
+ *   CAPTURE_BYTES   request header bytes kept per request (256..4096, default 1024)
+ *   MAP_ENTRIES     tracked connections; TARGET_ENTRIES target tids/tgids
+ *   RINGBUF_PAGES   ring-buffer size in pages (power of two)
+ *   WAKEUP_BYTES    bytes a CPU writes before it wakes user space up
+ *   TARGET_CGROUP_ID + TARGET_CGROUP_LEVEL   also trace every process of that cgroup v2
+ *   HAVE_GROUP_DEAD sched_process_exit has a group_dead field (newer kernels)
+ *   OBSC_NO_<SYSCALL>, OBSC_NO_FORK, OBSC_NO_EXIT   this kernel lacks that tracepoint
+ *
+ * Every sys_exit_ tracepoint has the same record (see any sys_exit_ format file in tracefs),
+ * so the exit programs share one struct; probes.py checks the offset of ret before attaching.
+ */
+#include "http_event.h"
+
+#ifndef CAPTURE_BYTES
+#define CAPTURE_BYTES 1024
+#endif
+#if CAPTURE_BYTES < 256 || CAPTURE_BYTES > 4096
+#error "CAPTURE_BYTES must be within 256..4096"
+#endif
+#ifndef MAP_ENTRIES
+#define MAP_ENTRIES 65536
+#endif
+#ifndef TARGET_ENTRIES
+#define TARGET_ENTRIES 16384
+#endif
+#ifndef IO_ENTRIES
+#define IO_ENTRIES 16384
+#endif
+#ifndef RINGBUF_PAGES
+#define RINGBUF_PAGES 1024
+#endif
+#ifndef WAKEUP_BYTES
+#define WAKEUP_BYTES (RINGBUF_PAGES * 4096 / 16)
+#endif
+
+/* The scratch capture area is twice the largest budget so that an offset below 4096 plus
+ * a length below 4096 always stays inside it: the verifier then needs no extra proof. */
+#define CAP_AREA 8192
+
+#define DIR_READ 0
+#define DIR_WRITE 1
+#define SHAPE_BUF 0  /* ptr is the data */
+#define SHAPE_IOV 1  /* ptr is a struct iovec array: the first iovec is looked at */
+#define SHAPE_MSG 2  /* ptr is a struct msghdr: its first iovec is looked at */
+#define SHAPE_NONE 3 /* sendfile: bytes are counted, never seen */
+
+#define PHASE_IDLE 0 /* waiting for a request line (or body bytes being counted) */
+#define PHASE_HDR 1  /* request header block still being captured */
+#define PHASE_BODY 2 /* header capture over: reads are only checked for a new request */
+
+#define MSG_PEEK_FLAG 2
+#define ERR_EEXIST 17
+#define ERR_EINPROGRESS 115
+
+/* Arguments of a syscall in flight, saved at sys_enter for its sys_exit. */
+struct io_args {
+    u64 ptr;
+    s32 fd;
+    u8 sc;
+    u8 dir;
+    u8 shape;
+    u8 pad;
+};
+
+struct conn_state {
+    u64 conn_ns;
+    u64 last_read_ns;
+    u64 last_write_ns;
+    u64 rd_bytes;
+    u64 wr_bytes;
+    u64 hdr_tail; /* last bytes scanned for the header terminator (it may span reads) */
+    u16 cap_used; /* header bytes captured for the current request */
+    u8 role;
+    u8 phase;
+    u8 by_content;
+    u8 pad[3];
+};
+
+struct scratch_t {
+    struct http_event ev; /* the record is ev followed by ev.cap_len bytes of data */
+    u8 data[CAP_AREA];
+    u64 wake_acc; /* bytes this CPU wrote since its last forced wake-up */
+};
+
+/* The record of every syscalls:sys_exit_* tracepoint: common header, nr, ret. */
+struct sys_exit_args {
+    u64 common;
+    s32 syscall_nr;
+    s32 pad;
+    s64 ret;
+};
+
+/* user ABI (struct iovec), not a kernel struct */
+struct user_iovec {
+    u64 base;
+    u64 len;
+};
+
+BPF_HASH(targets, u32, u8, TARGET_ENTRIES);
+BPF_HASH(io_args, u64, struct io_args, IO_ENTRIES);
+BPF_HASH(conns, u64, struct conn_state, MAP_ENTRIES);
+BPF_PERCPU_ARRAY(scratch, struct scratch_t, 1);
+BPF_PERCPU_ARRAY(counters, u64, HTTP_CTR_NUM);
+BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
+
+static __always_inline void count(u32 idx)
+{
+    u64 *v = counters.lookup(&idx);
+    if (v)
+        *v += 1;
+}
+
+static __always_inline int is_target(u32 tgid)
+{
+#ifdef TARGET_CGROUP_ID
+    if (bpf_get_current_ancestor_cgroup_id(TARGET_CGROUP_LEVEL) == TARGET_CGROUP_ID)
+        return 1;
+#endif
+    return targets.lookup(&tgid) != 0;
+}
+
+static __always_inline u64 conn_key(u32 tgid, s32 fd)
+{
+    return ((u64)tgid << 32) | (u32)fd;
+}
+
+/* Little-endian byte strings, compared against the first 8 bytes of a buffer. */
+#define B(c, i) ((u64)(u8)(c) << (8 * (i)))
+#define S4(a, b, c, d) (B(a, 0) | B(b, 1) | B(c, 2) | B(d, 3))
+#define S8(a, b, c, d, e, f, g, h) (S4(a, b, c, d) | B(e, 4) | B(f, 5) | B(g, 6) | B(h, 7))
+#define LOW(n) ((n) >= 8 ? ~0ULL : ((1ULL << (8 * (n))) - 1))
+
+static __always_inline int has_prefix(u64 head, u32 n, u64 want, u32 len)
+{
+    return n >= len && (head & LOW(len)) == want;
+}
+
+static __always_inline int is_request_line(u64 head, u32 n)
+{
+    return has_prefix(head, n, S4('G', 'E', 'T', ' '), 4) ||
+           has_prefix(head, n, S8('P', 'O', 'S', 'T', ' ', 0, 0, 0), 5) ||
+           has_prefix(head, n, S4('P', 'U', 'T', ' '), 4) ||
+           has_prefix(head, n, S8('H', 'E', 'A', 'D', ' ', 0, 0, 0), 5) ||
+           has_prefix(head, n, S8('D', 'E', 'L', 'E', 'T', 'E', ' ', 0), 7) ||
+           has_prefix(head, n, S8('P', 'A', 'T', 'C', 'H', ' ', 0, 0), 6) ||
+           has_prefix(head, n, S8('O', 'P', 'T', 'I', 'O', 'N', 'S', ' '), 8) ||
+           has_prefix(head, n, S8('C', 'O', 'N', 'N', 'E', 'C', 'T', ' '), 8) ||
+           has_prefix(head, n, S8('T', 'R', 'A', 'C', 'E', ' ', 0, 0), 6);
+}
+
+static __always_inline int is_status_line(u64 head, u32 n)
+{
+    return has_prefix(head, n, S8('H', 'T', 'T', 'P', '/', '1', '.', 0), 7);
+}
+
+/* Where the bytes of this syscall start in user memory and how many are there to see. */
+static __always_inline int locate_data(struct io_args *a, long ret, u64 *ptr, u64 *avail)
+{
+    if (a->shape == SHAPE_BUF) {
+        *ptr = a->ptr;
+        *avail = ret;
+        return 0;
+    }
+    u64 iov_addr = a->ptr;
+    if (a->shape == SHAPE_MSG) {
+        /* struct msghdr: msg_name (8), msg_namelen (4 + 4 padding), msg_iov at 16 */
+        if (bpf_probe_read_user(&iov_addr, sizeof(iov_addr), (void *)(a->ptr + 16)))
+            return -1;
+    }
+    struct user_iovec iov = {};
+    if (bpf_probe_read_user(&iov, sizeof(iov), (void *)iov_addr))
+        return -1;
+    *ptr = iov.base;
+    *avail = (u64)ret < iov.len ? (u64)ret : iov.len;
+    return 0;
+}
+
+static __always_inline u64 read_head(u64 ptr, u64 avail, u32 *n)
+{
+    u64 head = 0;
+    u32 len = avail < 8 ? avail : 8;
+    if (bpf_probe_read_user(&head, len & 15, (void *)ptr))
+        len = 0;
+    *n = len;
+    return head;
+}
+
+/* End of the header block (CRLF CRLF, or LF LF from lenient senders), found 8 bytes at a
+ * time: a byte-wise loop is slower and, at a 4096-byte budget, has more branches than the
+ * verifier accepts. byte_eq marks each byte equal to c with 0x80 (exact, no carries). */
+#define ONES 0x0101010101010101ULL
+#define HIGHS 0x8080808080808080ULL
+
+static __always_inline u64 byte_eq(u64 x, u64 c)
+{
+    u64 y = x ^ (ONES * c);
+    return ~(((y & ~HIGHS) + ~HIGHS) | y) & HIGHS;
+}
+
+/* *tail holds the 8 bytes before d (the last one in the top byte): the terminator may
+ * span two syscalls. Returns 1 if the terminator lies inside the n bytes of d. */
+static __always_inline int scan_header_end(const u8 *d, u32 n, u64 *tail)
+{
+    u64 prev = *tail;
+    for (u32 j = 0; j < CAPTURE_BYTES / 8; j++) {
+        u32 off = j * 8;
+        if (off >= n)
+            break;
+        u64 x = *(const u64 *)(d + off);
+        u32 rem = n - off;
+        if (rem < 8)
+            x &= (1ULL << (rem * 8)) - 1; /* stale scratch bytes become NUL */
+        u64 lf = byte_eq(x, '\n'), cr = byte_eq(x, '\r');
+        u64 plf = byte_eq(prev, '\n'), pcr = byte_eq(prev, '\r');
+        /* flags of the byte 1, 2, 3 positions earlier, carried in from prev */
+        u64 cr1 = (cr << 8) | (pcr >> 56);
+        u64 lf1 = (lf << 8) | (plf >> 56);
+        u64 lf2 = (lf << 16) | (plf >> 48);
+        u64 cr3 = (cr << 24) | (pcr >> 40);
+        if ((lf & cr1 & lf2 & cr3) | (lf & lf1))
+            return 1;
+        if (rem < 8) {
+            *tail = (x << (64 - rem * 8)) | (prev >> (rem * 8));
+            return 0;
+        }
+        prev = x;
+    }
+    *tail = prev;
+    return 0;
+}
+
+static __always_inline void fill_header(struct http_event *ev, struct conn_state *c, u64 id,
+                                        s32 fd, long ret, u64 now)
+{
+    ev->ts_ns = now;
+    ev->conn_ns = c->conn_ns;
+    ev->last_read_ns = c->last_read_ns;
+    ev->last_write_ns = c->last_write_ns;
+    ev->rd_bytes = c->rd_bytes;
+    ev->wr_bytes = c->wr_bytes;
+    ev->ret = ret;
+    ev->tgid = id >> 32;
+    ev->tid = (u32)id;
+    ev->fd = fd;
+    ev->cap_len = 0;
+    ev->cap_off = 0;
+    ev->role = c->role;
+    ev->flags = c->by_content ? HTTP_F_BY_CONTENT : 0;
+    ev->reserved = 0;
+}
+
+/* Writes ev plus n captured bytes; wakes user space only every WAKEUP_BYTES per CPU
+ * (user space also polls on a short timer, so nothing waits long). */
+static __always_inline void emit(struct scratch_t *s, u32 n)
+{
+    if (n > CAPTURE_BYTES)
+        n = CAPTURE_BYTES;
+    u32 size = sizeof(struct http_event) + n;
+    u64 flags = BPF_RB_NO_WAKEUP;
+    s->ev.cap_len = n;
+    s->wake_acc += size;
+    if (s->wake_acc >= WAKEUP_BYTES) {
+        flags = BPF_RB_FORCE_WAKEUP;
+        s->wake_acc = 0;
+        count(HTTP_CTR_WAKEUPS);
+    }
+    if (events.ringbuf_output(&s->ev, size, flags))
+        count(HTTP_CTR_RINGBUF_DROPS);
+    else
+        count(HTTP_CTR_RECORDS);
+}
+
+static __always_inline int stash(s32 fd, u64 ptr, u8 sc, u8 dir, u8 shape)
+{
+    u64 id = bpf_get_current_pid_tgid();
+    if (!is_target(id >> 32))
+        return 0;
+    struct io_args a = {.ptr = ptr, .fd = fd, .sc = sc, .dir = dir, .shape = shape};
+    if (io_args.update(&id, &a))
+        count(HTTP_CTR_IO_MAP_FULL);
+    return 0;
+}
+
+int obsc_en_read(struct tracepoint__syscalls__sys_enter_read *args)
+{
+    return stash(args->fd, (u64)args->buf, HTTP_SC_READ, DIR_READ, SHAPE_BUF);
+}
+
+#ifndef OBSC_NO_READV
+int obsc_en_readv(struct tracepoint__syscalls__sys_enter_readv *args)
+{
+    return stash(args->fd, (u64)args->vec, HTTP_SC_READV, DIR_READ, SHAPE_IOV);
+}
+#endif
+
+#ifndef OBSC_NO_RECVFROM
+int obsc_en_recvfrom(struct tracepoint__syscalls__sys_enter_recvfrom *args)
+{
+    if (args->flags & MSG_PEEK_FLAG) /* the same bytes come again with the real read */
+        return 0;
+    return stash(args->fd, (u64)args->ubuf, HTTP_SC_RECVFROM, DIR_READ, SHAPE_BUF);
+}
+#endif
+
+#ifndef OBSC_NO_RECVMSG
+int obsc_en_recvmsg(struct tracepoint__syscalls__sys_enter_recvmsg *args)
+{
+    if (args->flags & MSG_PEEK_FLAG)
+        return 0;
+    return stash(args->fd, (u64)args->msg, HTTP_SC_RECVMSG, DIR_READ, SHAPE_MSG);
+}
+#endif
+
+int obsc_en_write(struct tracepoint__syscalls__sys_enter_write *args)
+{
+    return stash(args->fd, (u64)args->buf, HTTP_SC_WRITE, DIR_WRITE, SHAPE_BUF);
+}
+
+#ifndef OBSC_NO_WRITEV
+int obsc_en_writev(struct tracepoint__syscalls__sys_enter_writev *args)
+{
+    return stash(args->fd, (u64)args->vec, HTTP_SC_WRITEV, DIR_WRITE, SHAPE_IOV);
+}
+#endif
+
+#ifndef OBSC_NO_SENDTO
+int obsc_en_sendto(struct tracepoint__syscalls__sys_enter_sendto *args)
+{
+    return stash(args->fd, (u64)args->buff, HTTP_SC_SENDTO, DIR_WRITE, SHAPE_BUF);
+}
+#endif
+
+#ifndef OBSC_NO_SENDMSG
+int obsc_en_sendmsg(struct tracepoint__syscalls__sys_enter_sendmsg *args)
+{
+    return stash(args->fd, (u64)args->msg, HTTP_SC_SENDMSG, DIR_WRITE, SHAPE_MSG);
+}
+#endif
+
+#ifndef OBSC_NO_SENDFILE
+int obsc_en_sendfile(struct tracepoint__syscalls__sys_enter_sendfile64 *args)
+{
+    return stash(args->out_fd, 0, HTTP_SC_SENDFILE, DIR_WRITE, SHAPE_NONE);
+}
+#endif
+
+/* Request-side bytes: a new request line starts a capture; while the header block is
+ * incomplete, following syscalls continue it until the budget is used. */
+static __always_inline u32 capture_request(struct scratch_t *s, struct conn_state *c,
+                                           u64 ptr, u64 avail, u64 head, u32 hn)
+{
+    u32 budget;
+    if (c->phase == PHASE_HDR && c->cap_used < CAPTURE_BYTES) {
+        s->ev.kind = HTTP_EV_REQ_CONT;
+        s->ev.cap_off = c->cap_used;
+        budget = CAPTURE_BYTES - c->cap_used;
+    } else {
+        if (!is_request_line(head, hn))
+            return 0;
+        s->ev.kind = HTTP_EV_REQ_START;
+        c->cap_used = 0;
+        c->hdr_tail = 0;
+        budget = CAPTURE_BYTES;
+    }
+    u32 n = avail < budget ? avail : budget;
+    if (n > CAPTURE_BYTES)
+        n = CAPTURE_BYTES;
+    if (bpf_probe_read_user(s->data, n, (void *)ptr))
+        n = 0;
+    u64 tail = c->hdr_tail;
+    int done = scan_header_end(s->data, n, &tail);
+    c->hdr_tail = tail;
+    c->cap_used += n;
+    if (done) {
+        c->phase = PHASE_BODY;
+        s->ev.flags |= HTTP_F_HDR_DONE;
+    } else if (c->cap_used >= CAPTURE_BYTES) {
+        c->phase = PHASE_BODY;
+        s->ev.flags |= HTTP_F_TRUNCATED;
+        count(HTTP_CTR_TRUNCATED);
+    } else {
+        c->phase = PHASE_HDR;
+    }
+    return n + 1; /* 0 means "no record" */
+}
+
+int obsc_ex_io(struct sys_exit_args *args)
+{
+    u64 id = bpf_get_current_pid_tgid();
+    struct io_args *ap = io_args.lookup(&id);
+    if (!ap)
+        return 0;
+    struct io_args a = *ap;
+    io_args.delete(&id);
+    long ret = args->ret;
+    if (ret <= 0)
+        return 0;
+
+    u32 tgid = id >> 32;
+    u64 now = bpf_ktime_get_ns();
+    u64 key = conn_key(tgid, a.fd);
+    struct conn_state *c = conns.lookup(&key);
+    int is_read = a.dir == DIR_READ;
+
+    if (a.shape == SHAPE_NONE) {
+        if (c) {
+            c->wr_bytes += ret;
+            c->last_write_ns = now;
+            count(HTTP_CTR_SENDFILE);
+        }
+        return 0;
+    }
+
+    u64 ptr = 0, avail = 0;
+    if (locate_data(&a, ret, &ptr, &avail))
+        avail = 0;
+    u32 hn = 0;
+    u64 head = read_head(ptr, avail, &hn);
+
+    if (!c) {
+        /* Not seen at accept/connect (opened before attach, or accepted elsewhere):
+         * classify by the first bytes, or ignore the fd (files, pipes, other protocols). */
+        u8 role;
+        if (is_request_line(head, hn))
+            role = is_read ? HTTP_ROLE_SERVER : HTTP_ROLE_CLIENT;
+        else if (is_status_line(head, hn))
+            role = is_read ? HTTP_ROLE_CLIENT : HTTP_ROLE_SERVER;
+        else
+            return 0;
+        struct conn_state fresh = {};
+        fresh.conn_ns = now;
+        fresh.role = role;
+        fresh.by_content = 1;
+        int err = conns.insert(&key, &fresh);
+        if (err && err != -ERR_EEXIST) {
+            count(HTTP_CTR_CONN_MAP_FULL);
+            return 0;
+        }
+        count(HTTP_CTR_BY_CONTENT);
+        c = conns.lookup(&key);
+        if (!c)
+            return 0;
+    }
+
+    u32 zero = 0;
+    struct scratch_t *s = scratch.lookup(&zero);
+    if (!s)
+        return 0;
+    fill_header(&s->ev, c, id, a.fd, ret, now);
+    s->ev.syscall = a.sc;
+    if (is_read) {
+        c->rd_bytes += ret;
+        c->last_read_ns = now;
+    } else {
+        c->wr_bytes += ret;
+        c->last_write_ns = now;
+    }
+
+    int request_side = (c->role == HTTP_ROLE_SERVER) == is_read;
+    if (request_side) {
+        u32 n = capture_request(s, c, ptr, avail, head, hn);
+        if (n)
+            emit(s, n - 1);
+        return 0;
+    }
+    if (!is_status_line(head, hn))
+        return 0;
+    if (c->phase == PHASE_HDR) /* the peer answers: the request capture is over */
+        c->phase = PHASE_IDLE;
+    s->ev.kind = HTTP_EV_RESP_START;
+    u32 n = avail < HTTP_RESP_CAPTURE ? avail : HTTP_RESP_CAPTURE;
+    if (bpf_probe_read_user(s->data, n & (HTTP_RESP_CAPTURE * 2 - 1), (void *)ptr))
+        n = 0;
+    emit(s, n & (HTTP_RESP_CAPTURE * 2 - 1));
+    return 0;
+}
+
+static __always_inline void track_conn(u32 tgid, s32 fd, u8 role, u64 now)
+{
+    u64 key = conn_key(tgid, fd);
+    struct conn_state c = {};
+    c.conn_ns = now;
+    c.role = role;
+    /* A stale entry (fd closed by dup2/close_range/exit) is replaced: user space sees a
+     * new conn_ns and ends the old connection. */
+    if (conns.update(&key, &c))
+        count(HTTP_CTR_CONN_MAP_FULL);
+}
+
+int obsc_ex_accept(struct sys_exit_args *args)
+{
+    u64 id = bpf_get_current_pid_tgid();
+    if (!is_target(id >> 32) || args->ret < 0)
+        return 0;
+    track_conn(id >> 32, args->ret, HTTP_ROLE_SERVER, bpf_ktime_get_ns());
+    return 0;
+}
+
+#ifndef OBSC_NO_CONNECT
+int obsc_en_connect(struct tracepoint__syscalls__sys_enter_connect *args)
+{
+    u64 id = bpf_get_current_pid_tgid();
+    if (!is_target(id >> 32))
+        return 0;
+    u16 family = 0;
+    bpf_probe_read_user(&family, sizeof(family), (void *)args->uservaddr);
+    if (family != 1 /* AF_UNIX */ && family != 2 /* AF_INET */ && family != 10 /* AF_INET6 */)
+        return 0;
+    struct io_args a = {.fd = args->fd, .shape = SHAPE_NONE};
+    if (io_args.update(&id, &a))
+        count(HTTP_CTR_IO_MAP_FULL);
+    return 0;
+}
+
+int obsc_ex_connect(struct sys_exit_args *args)
+{
+    u64 id = bpf_get_current_pid_tgid();
+    struct io_args *ap = io_args.lookup(&id);
+    if (!ap)
+        return 0;
+    s32 fd = ap->fd;
+    io_args.delete(&id);
+    if (args->ret == 0 || args->ret == -ERR_EINPROGRESS)
+        track_conn(id >> 32, fd, HTTP_ROLE_CLIENT, bpf_ktime_get_ns());
+    return 0;
+}
+#endif
+
+int obsc_en_close(struct tracepoint__syscalls__sys_enter_close *args)
+{
+    u64 id = bpf_get_current_pid_tgid();
+    u32 tgid = id >> 32;
+    if (!is_target(tgid))
+        return 0;
+    s32 fd = args->fd;
+    u64 key = conn_key(tgid, fd);
+    struct conn_state *c = conns.lookup(&key);
+    if (!c)
+        return 0;
+    u32 zero = 0;
+    struct scratch_t *s = scratch.lookup(&zero);
+    if (s) {
+        fill_header(&s->ev, c, id, fd, 0, bpf_ktime_get_ns());
+        s->ev.kind = HTTP_EV_CLOSE;
+        s->ev.syscall = HTTP_SC_CLOSE;
+        emit(s, 0);
+    }
+    conns.delete(&key);
+    return 0;
+}
+
+/* fork/clone of a target: the child (process or thread) is a target too. A thread's tid
+ * entry is harmless (its tgid is already a target) and goes away when the thread exits. */
+#ifndef OBSC_NO_FORK
+int obsc_fork(struct tracepoint__sched__sched_process_fork *args)
+{
+    u32 tgid = bpf_get_current_pid_tgid() >> 32;
+    if (!targets.lookup(&tgid))
+        return 0;
+    u32 child = args->child_pid;
+    u8 one = 1;
+    int err = targets.insert(&child, &one);
+    if (!err)
+        count(HTTP_CTR_FORKS);
+    else if (err != -ERR_EEXIST)
+        count(HTTP_CTR_TARGETS_FULL);
+    return 0;
+}
+#endif
+
+#ifndef OBSC_NO_EXIT
+int obsc_exit(struct tracepoint__sched__sched_process_exit *args)
+{
+    u64 id = bpf_get_current_pid_tgid();
+    u32 tgid = id >> 32, tid = (u32)id;
+    if (tid != tgid)
+        targets.delete(&tid);
+#ifdef HAVE_GROUP_DEAD
+    /* The main thread may exit before the others: drop the process when the last goes. */
+    if (args->group_dead)
+        targets.delete(&tgid);
+#else
+    if (tid == tgid)
+        targets.delete(&tgid);
+#endif
+    return 0;
+}
+#endif
