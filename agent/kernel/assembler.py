@@ -1,0 +1,410 @@
+"""Turns decoded ring-buffer records into KernelRequest: per-connection FIFO, parsing, timing.
+
+Pure Python (no BPF): tests can feed it synthetic records. Times stay monotonic until
+``requests(clock)`` converts them, so the end-of-run clock sample can still be used.
+
+Per connection (tgid, fd, conn_ns) requests wait in a FIFO for their response; a final
+response start pops the oldest. A request's response ends (``t_resp_last``) at the last
+response-side syscall before the next request or response start, the close, or the end
+of collection; the kernel records carry those times so body syscalls need no record.
+
+``parent_request`` (client direction) is best effort: the one inbound server request that
+the writing thread (tid) read and has not answered yet. Servers that hand requests to
+other threads, or serve several requests per thread (event loops), leave it None when
+there is not exactly one such request.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from typing import Callable
+
+import httptools
+
+from agent.evidence import KernelRequest
+from agent.kernel.clock import ClockMap
+from agent.kernel.events import (
+    EV_CLOSE, EV_REQ_CONT, EV_REQ_START, EV_RESP_START, F_BY_CONTENT, F_HDR_DONE, F_TRUNCATED,
+    ROLE_SERVER, SC_WRITE, SOCKET_ONLY_SYSCALLS, Event,
+)
+
+log = logging.getLogger(__name__)
+
+_STATUS = re.compile(rb"HTTP/1\.(\d) (\d{3})")
+
+
+@dataclass(slots=True)
+class ConnSnapshot:
+    """A connection's totals as the kernel map holds them (for still-open connections)."""
+
+    last_read_ns: int
+    last_write_ns: int
+    rd_bytes: int
+    wr_bytes: int
+
+
+@dataclass(slots=True)
+class _Req:
+    id: str
+    conn: str
+    seq: int
+    direction: str
+    tgid: int
+    tid: int
+    fd: int
+    method: str
+    target: str
+    version: str
+    headers: dict[str, list[str]]
+    headers_complete: bool
+    t_req_first: int
+    status: int | None = None
+    t_resp_first: int | None = None
+    t_resp_last: int | None = None
+    req_bytes: int = 0
+    resp_bytes: int = 0
+    interim_statuses: list[int] = field(default_factory=list)
+    parent_request: str | None = None
+    aborted: bool = False
+    resp_base: int = 0  # response-side byte total when the request was queued / answered
+
+    def to_record(self, clock: ClockMap) -> KernelRequest:
+        return KernelRequest(
+            id=self.id, conn=self.conn, seq=self.seq, direction=self.direction, tgid=self.tgid,
+            tid=self.tid, fd=self.fd, method=self.method, target=self.target, version=self.version,
+            headers=self.headers, headers_complete=self.headers_complete,
+            t_req_first=clock.to_unix(self.t_req_first), status=self.status,
+            t_resp_first=clock.to_unix(self.t_resp_first), t_resp_last=clock.to_unix(self.t_resp_last),
+            req_bytes=self.req_bytes, resp_bytes=self.resp_bytes,
+            interim_statuses=list(self.interim_statuses), parent_request=self.parent_request,
+            aborted=self.aborted,
+        )
+
+
+class _Conn:
+    __slots__ = ("tgid", "fd", "conn_ns", "name", "server", "seq", "capture", "cap_ts", "cap_tid",
+                 "cap_resp_base", "chunk", "chunk_base", "fifo", "responding", "after", "ignored")
+
+    def __init__(self, ev: Event, name: str) -> None:
+        self.tgid, self.fd, self.conn_ns = ev.tgid, ev.fd, ev.conn_ns
+        self.name = name
+        self.server = ev.role == ROLE_SERVER
+        self.seq = 0
+        self.capture: bytearray | None = None  # header bytes of the request being captured
+        self.cap_ts = self.cap_tid = 0
+        self.cap_resp_base = 0  # response-side byte total when the capture started
+        self.chunk: list[_Req] = []  # requests parsed from the last capture
+        self.chunk_base = 0  # request-side byte total before that capture's first syscall
+        self.fifo: deque[_Req] = deque()  # waiting for a final response
+        self.responding: _Req | None = None  # final response started, end not known yet
+        self.after = ConnSnapshot(0, 0, 0, 0)  # totals after the last record's syscall
+        self.ignored = False
+
+    def req_total(self, s: ConnSnapshot) -> int:
+        return s.rd_bytes if self.server else s.wr_bytes
+
+    def resp_side(self, s: ConnSnapshot) -> tuple[int, int]:
+        return (s.last_write_ns, s.wr_bytes) if self.server else (s.last_read_ns, s.rd_bytes)
+
+
+def _before(ev: Event) -> ConnSnapshot:
+    return ConnSnapshot(ev.last_read_ns, ev.last_write_ns, ev.rd_bytes, ev.wr_bytes)
+
+
+def _after(ev: Event) -> ConnSnapshot:
+    s = _before(ev)
+    if ev.kind == EV_CLOSE:
+        return s
+    if ev.syscall >= SC_WRITE:
+        s.last_write_ns, s.wr_bytes = ev.ts_ns, s.wr_bytes + ev.ret
+    else:
+        s.last_read_ns, s.rd_bytes = ev.ts_ns, s.rd_bytes + ev.ret
+    return s
+
+
+class _Messages:
+    """httptools callbacks: collects the request messages of one capture."""
+
+    def __init__(self) -> None:
+        self.parser = httptools.HttpRequestParser(self)
+        self.msgs: list[dict] = []
+
+    def on_message_begin(self) -> None:
+        self.msgs.append({"method": "", "url": bytearray(), "headers": {}, "complete": False,
+                          "version": ""})
+
+    def on_url(self, url: bytes) -> None:
+        m = self.msgs[-1]
+        if not m["method"]:
+            m["method"] = self.parser.get_method().decode("latin-1")
+        m["url"] += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        # httptools calls this only for complete values: a cut header is never guessed.
+        key = name.decode("latin-1").lower()
+        self.msgs[-1]["headers"].setdefault(key, []).append(value.decode("latin-1"))
+
+    def on_headers_complete(self) -> None:
+        m = self.msgs[-1]
+        m["complete"] = True
+        m["version"] = self.parser.get_http_version()
+
+
+def parse_requests(data: bytes) -> tuple[list[dict], bool]:
+    """Parse the request messages in a capture; returns them and whether parsing failed."""
+    p = _Messages()
+    failed = False
+    try:
+        p.parser.feed_data(data)
+    except httptools.HttpParserUpgrade:
+        pass  # CONNECT / Upgrade: what follows is not HTTP/1.x
+    except httptools.HttpParserError:
+        failed = True
+    for m in p.msgs:
+        if not m["version"]:
+            first = data.split(b"\r\n", 1)[0].split(b" ")
+            if len(first) == 3 and first[2].startswith(b"HTTP/") and b"\n" in data:
+                m["version"] = first[2][5:].decode("latin-1")
+    return [m for m in p.msgs if m["method"]], failed
+
+
+def _message_starts(data: bytes, msgs: list[dict]) -> list[int]:
+    """Offsets of each pipelined message in a capture (header block + Content-Length)."""
+    starts, pos = [], 0
+    for m in msgs:
+        starts.append(pos)
+        end = data.find(b"\r\n\r\n", pos)
+        if end < 0:
+            break
+        try:
+            body = int(m["headers"].get("content-length", ["0"])[0])
+        except ValueError:
+            body = 0
+        pos = end + 4 + body
+    return starts
+
+
+def parse_statuses(data: bytes) -> list[int]:
+    """Status codes of the status lines at the start of a response capture (interim first)."""
+    out, pos = [], 0
+    while True:
+        m = _STATUS.match(data, pos)
+        if not m:
+            return out
+        code = int(m.group(2))
+        out.append(code)
+        if not 100 <= code < 200 or code == 101:
+            return out
+        end = data.find(b"\r\n\r\n", m.end())
+        if end < 0:
+            return out
+        pos = end + 4
+
+
+class Assembler:
+    """Feed it decoded records in ring-buffer order; ask for requests at the end."""
+
+    def __init__(self, is_socket: Callable[[int, int], bool | None] | None = None) -> None:
+        self._is_socket = is_socket
+        self._conns: dict[tuple[int, int], _Conn] = {}
+        self._generations: Counter[tuple[int, int]] = Counter()
+        self._done: list[_Req] = []
+        self._serving: dict[int, list[_Req]] = {}  # tid -> server requests it read, unanswered
+        self._next_id = 0
+        self.stats: Counter[str] = Counter()
+
+    # --- records -------------------------------------------------------------------------
+
+    def feed(self, ev: Event) -> None:
+        self.stats["records"] += 1
+        conn = self._conn_for(ev)
+        if conn is None or conn.ignored:
+            return
+        if ev.kind == EV_REQ_START:
+            self._request_start(conn, ev)
+        elif ev.kind == EV_REQ_CONT:
+            self._request_more(conn, ev)
+        elif ev.kind == EV_RESP_START:
+            self._response_start(conn, ev)
+        elif ev.kind == EV_CLOSE:
+            self._close(conn, _before(ev))
+            del self._conns[(ev.tgid, ev.fd)]
+            self.stats["closes"] += 1
+            return
+        else:
+            self.stats["unknown_kind"] += 1
+        conn.after = _after(ev)
+
+    def _conn_for(self, ev: Event) -> _Conn | None:
+        key = (ev.tgid, ev.fd)
+        conn = self._conns.get(key)
+        if conn is not None and conn.conn_ns == ev.conn_ns:
+            return conn
+        if conn is not None:  # fd reused without a close record: the old connection ended
+            self._close(conn, conn.after)
+        if ev.kind == EV_CLOSE and conn is None:
+            return None
+        n = self._generations[key]
+        self._generations[key] += 1
+        conn = self._conns[key] = _Conn(ev, f"{ev.tgid}:{ev.fd}:{n}")
+        if ev.flags & F_BY_CONTENT and ev.syscall not in SOCKET_ONLY_SYSCALLS and self._is_socket:
+            # read()/write() also move files and pipes: a log line may begin with "GET ".
+            if self._is_socket(ev.tgid, ev.fd) is False:
+                conn.ignored = True
+                self.stats["ignored_not_socket"] += 1
+        return conn
+
+    def _request_start(self, conn: _Conn, ev: Event) -> None:
+        self._flush_capture(conn)
+        before = _before(ev)
+        self._close_chunk(conn, conn.req_total(before))
+        if conn.responding is not None:  # a new request: the previous response is over
+            self._finish_response(conn, *conn.resp_side(before))
+        conn.capture = bytearray(ev.data)
+        conn.cap_ts, conn.cap_tid = ev.ts_ns, ev.tid
+        conn.cap_resp_base = conn.resp_side(before)[1]
+        conn.chunk_base = conn.req_total(before)
+        self.stats["request_starts"] += 1
+        if ev.flags & (F_HDR_DONE | F_TRUNCATED):
+            self._flush_capture(conn)
+
+    def _request_more(self, conn: _Conn, ev: Event) -> None:
+        self.stats["continuations"] += 1
+        if conn.capture is None or ev.cap_off != len(conn.capture):
+            self.stats["continuation_gaps"] += 1  # its request start was lost or not seen
+            return
+        conn.capture += ev.data
+        if ev.flags & (F_HDR_DONE | F_TRUNCATED):
+            self._flush_capture(conn)
+
+    def _flush_capture(self, conn: _Conn) -> None:
+        """Parse the captured request bytes into queued requests."""
+        data = conn.capture
+        if data is None:
+            return
+        conn.capture = None
+        msgs, failed = parse_requests(bytes(data))
+        if failed:
+            self.stats["parse_errors"] += 1
+        if not msgs:
+            return
+        new: list[_Req] = []
+        for m in msgs:
+            req = _Req(
+                id=f"k{self._next_id}", conn=conn.name, seq=conn.seq,
+                direction="server" if conn.server else "client", tgid=conn.tgid, tid=conn.cap_tid,
+                fd=conn.fd, method=m["method"], target=m["url"].decode("latin-1"),
+                version=m["version"], headers=m["headers"], headers_complete=m["complete"],
+                t_req_first=conn.cap_ts, resp_base=conn.cap_resp_base,
+            )
+            new.append(req)
+            self._next_id += 1
+            conn.seq += 1
+            conn.fifo.append(req)
+            if conn.server:
+                self._serving.setdefault(req.tid, []).append(req)
+                self.stats["server_requests"] += 1
+            else:
+                serving = self._serving.get(req.tid, ())
+                req.parent_request = serving[0].id if len(serving) == 1 else None
+                self.stats["client_requests"] += 1
+        conn.chunk = new
+        starts = _message_starts(bytes(data), msgs)
+        for req, a, b in zip(new, starts, starts[1:]):
+            req.req_bytes = b - a
+
+    def _close_chunk(self, conn: _Conn, req_total: int) -> None:
+        """The request side moved on: the last request of the previous capture gets the rest."""
+        if conn.chunk:
+            last = conn.chunk[-1]
+            last.req_bytes = max(0, req_total - conn.chunk_base - sum(r.req_bytes for r in conn.chunk[:-1]))
+            conn.chunk = []
+
+    def _response_start(self, conn: _Conn, ev: Event) -> None:
+        self._flush_capture(conn)
+        before = _before(ev)
+        if conn.responding is not None:
+            self._finish_response(conn, *conn.resp_side(before))
+        statuses = parse_statuses(ev.data)
+        self.stats["response_starts"] += 1
+        if not conn.fifo:
+            self.stats["orphan_responses"] += 1  # its request was not seen
+            return
+        head = conn.fifo[0]
+        interim = [c for c in statuses if 100 <= c < 200 and c != 101]  # 101 ends HTTP/1.x
+        head.interim_statuses.extend(interim)
+        self.stats["interim_responses"] += len(interim)
+        if interim and len(interim) == len(statuses):
+            return  # interim only: the final response starts in a later syscall
+        final = statuses[-1] if statuses else None
+        if final is None:
+            self.stats["unparsed_status"] += 1
+        conn.fifo.popleft()
+        self._unserve(head)
+        head.status = final
+        head.t_resp_first = ev.ts_ns
+        head.resp_base = conn.resp_side(before)[1]
+        conn.responding = head
+
+    def _finish_response(self, conn: _Conn, last_ns: int, resp_total: int) -> None:
+        req = conn.responding
+        conn.responding = None
+        if req is None:
+            return
+        req.t_resp_last = max(last_ns, req.t_resp_first or 0)
+        req.resp_bytes = max(0, resp_total - req.resp_base)
+        self._done.append(req)
+
+    def _close(self, conn: _Conn, state: ConnSnapshot) -> None:
+        """End of a connection: answered requests end, unanswered ones were aborted."""
+        self._flush_capture(conn)
+        self._close_chunk(conn, conn.req_total(state))
+        self._finish_response(conn, *conn.resp_side(state))
+        resp_total = conn.resp_side(state)[1]
+        while conn.fifo:
+            req = conn.fifo.popleft()
+            self._unserve(req)
+            if resp_total > req.resp_base:
+                # response bytes went out but no status line was recognised
+                self.stats["unrecognised_responses"] += 1
+            else:
+                req.aborted = True
+                self.stats["aborted"] += 1
+            self._done.append(req)
+
+    def _unserve(self, req: _Req) -> None:
+        if req.direction != "server":
+            return
+        serving = self._serving.get(req.tid)
+        if serving and req in serving:
+            serving.remove(req)
+            if not serving:
+                del self._serving[req.tid]
+
+    # --- end of collection -----------------------------------------------------------------
+
+    def finish_open(self, snapshots: dict[tuple[int, int], ConnSnapshot]) -> None:
+        """End collection: still-open connections end at the totals in ``snapshots`` (the
+        kernel map) or, if absent, at the last record; unanswered requests stay open."""
+        for key, conn in list(self._conns.items()):
+            state = snapshots.get(key, conn.after)
+            self._flush_capture(conn)
+            self._close_chunk(conn, conn.req_total(state))
+            self._finish_response(conn, *conn.resp_side(state))
+            while conn.fifo:
+                req = conn.fifo.popleft()
+                self._unserve(req)
+                self.stats["unanswered_open"] += 1
+                self._done.append(req)
+            del self._conns[key]
+
+    def requests(self, clock: ClockMap) -> list[KernelRequest]:
+        """Finished requests (all requests after ``finish_open``), in request-start order."""
+        done = sorted(self._done, key=lambda r: int(r.id[1:]))
+        return [r.to_record(clock) for r in done]
+
+    def open_connections(self) -> int:
+        return len(self._conns)

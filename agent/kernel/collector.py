@@ -1,0 +1,280 @@
+"""KernelCollector: runs the probes, drains the ring buffer into the assembler, writes evidence."""
+
+from __future__ import annotations
+
+import atexit
+import ctypes
+import logging
+import os
+import signal
+import threading
+import time
+from collections import Counter
+
+from agent.evidence import EvidenceWriter, KernelRequest
+from agent.kernel.assembler import Assembler
+from agent.kernel.clock import ClockMap, measure
+from agent.kernel.events import RecordError, decode
+from agent.kernel.probes import (
+    DEFAULT_CAPTURE_BYTES, DEFAULT_MAP_ENTRIES, DEFAULT_RINGBUF_PAGES, ProbeConfig, Probes, bpf_source,
+)
+
+log = logging.getLogger(__name__)
+
+POLL_MS = 20  # longest a record waits in the ring when no wake-up comes
+# Counters that mean the agent lost sight of something: any of them makes KT inconclusive.
+LOSS_KEYS = ("ring_drops", "map_full", "io_map_full", "targets_full", "bad_records")
+BLIND_SPOTS = ["TLS payloads", "HTTP/2 and gRPC", "sendfile bodies",
+               "iovecs after the first in readv/writev/sendmsg/recvmsg"]
+
+
+def _is_socket(tgid: int, fd: int) -> bool | None:
+    """True/False when /proc tells, None when the fd or process is already gone."""
+    try:
+        return os.readlink(f"/proc/{tgid}/fd/{fd}").startswith("socket:")
+    except OSError:
+        return None
+
+
+class KernelCollector:
+    """Kernel truth for the target processes: ``with KernelCollector(w) as kc: kc.add_target(pid)``.
+
+    start() compiles and attaches; a background thread polls the ring buffer; finish()
+    drains, ends still-open connections from the kernel map, detaches and returns the
+    requests (also written to ``writer``); stop() detaches and is safe on every path.
+    """
+
+    def __init__(self, writer: EvidenceWriter | None = None, capture_bytes: int = DEFAULT_CAPTURE_BYTES,
+                 ringbuf_pages: int = DEFAULT_RINGBUF_PAGES, map_entries: int = DEFAULT_MAP_ENTRIES,
+                 cgroup: str | None = None, poll_ms: int = POLL_MS) -> None:
+        self.config = ProbeConfig(capture_bytes=capture_bytes, ringbuf_pages=ringbuf_pages,
+                                  map_entries=map_entries, cgroup=cgroup)
+        self.config.validate()
+        if not isinstance(poll_ms, int) or not 1 <= poll_ms <= 1000:
+            raise ValueError(f"poll_ms must be an integer within 1..1000, got {poll_ms!r}")
+        self.writer = writer
+        self.poll_ms = poll_ms
+        self._probes: Probes | None = None
+        self._assembler = Assembler(is_socket=_is_socket)
+        self._clock: ClockMap | None = None
+        self._lock = threading.Lock()  # the ring buffer and the assembler are not thread-safe
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._user = Counter()  # user-space counters: received, bad_records, callback_errors
+        self._final_kernel: dict[str, int] | None = None
+        self._final: list[KernelRequest] | None = None
+        self._targets: set[int] = set()
+        self._old_sigterm = None
+        self._warned = False
+
+    # --- life cycle -------------------------------------------------------------------------
+
+    def start(self) -> KernelCollector:
+        if self._probes is not None:
+            raise RuntimeError("KernelCollector.start() was already called")
+        self._clock = ClockMap(measure())
+        self._probes = Probes(self.config)
+        atexit.register(self.stop)
+        self._install_sigterm()
+        self._probes.load()
+        self._probes.bpf["events"].open_ring_buffer(self._on_record)
+        self._thread = threading.Thread(target=self._poll_loop, name="obsconform-kernel", daemon=True)
+        self._thread.start()
+        log.info("eBPF probes attached in %.2fs (compile %.2fs)",
+                 self._probes.compile_s + self._probes.attach_s, self._probes.compile_s)
+        return self
+
+    def __enter__(self) -> KernelCollector:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        """Detach all programs and stop the thread; idempotent, safe from any exit path."""
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=5)
+        with self._lock:
+            if self._probes is not None and self._probes.bpf is not None:
+                try:
+                    self._final_kernel = self._probes.counters()
+                except Exception:  # a half-loaded object: detaching matters more
+                    log.debug("reading counters at stop failed", exc_info=True)
+                self._probes.unload()
+        self._restore_sigterm()
+        atexit.unregister(self.stop)
+
+    def _install_sigterm(self) -> None:
+        """SIGTERM would kill the process without running finally blocks; turn it into
+        SystemExit so that ``with``/``finally`` detach the probes. Only when nobody else
+        handles SIGTERM, and only from the main thread."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+        if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+            self._old_sigterm = signal.signal(signal.SIGTERM, _sigterm_to_exit)
+
+    def _restore_sigterm(self) -> None:
+        if self._old_sigterm is not None and threading.current_thread() is threading.main_thread():
+            if signal.getsignal(signal.SIGTERM) is _sigterm_to_exit:
+                signal.signal(signal.SIGTERM, self._old_sigterm)
+            self._old_sigterm = None
+
+    # --- targets ----------------------------------------------------------------------------
+
+    def add_target(self, tgid: int, children: bool = True) -> None:
+        """Trace process ``tgid``; processes it forks from now on are followed in the kernel.
+        With ``children``, its descendants that exist already are added too."""
+        self._require_running()
+        pids = [tgid] + (_descendants(tgid) if children else [])
+        for pid in pids:
+            self._probes.set_target(pid, True)
+            self._targets.add(pid)
+
+    def remove_target(self, tgid: int) -> None:
+        self._require_running()
+        self._probes.set_target(tgid, False)
+        self._targets.discard(tgid)
+
+    def _require_running(self) -> None:
+        if self._probes is None or self._probes.bpf is None:
+            raise RuntimeError("the collector is not running: call start() first")
+
+    # --- records ----------------------------------------------------------------------------
+
+    def _on_record(self, _ctx: object, data: int, size: int) -> int:
+        # Called by libbpf inside ring_buffer_poll/consume, with self._lock held.
+        try:
+            ev = decode(ctypes.string_at(data, size))
+            self._user["received"] += 1
+            self._assembler.feed(ev)
+        except RecordError as e:
+            self._user["bad_records"] += 1
+            self._warn_once("malformed ring-buffer record: %s", e)
+        except Exception as e:  # never let one record stop the loop
+            self._user["callback_errors"] += 1
+            self._warn_once("failed to assemble a record: %r", e)
+        return 0
+
+    def _warn_once(self, msg: str, *args: object) -> None:
+        if not self._warned:
+            self._warned = True
+            log.warning(msg + " (further errors are only counted)", *args)
+
+    def _poll_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                with self._lock:
+                    if self._probes is None or self._probes.bpf is None:
+                        return
+                    # returns on a forced wake-up or after poll_ms; consume takes the rest
+                    self._probes.bpf.ring_buffer_poll(self.poll_ms)
+                    self._probes.bpf.ring_buffer_consume()
+            except Exception as e:
+                self._user["poll_errors"] += 1
+                self._warn_once("ring-buffer poll failed: %r", e)
+                self._stop.wait(self.poll_ms / 1000)
+
+    def drain(self, timeout_s: float = 1.0) -> int:
+        """Consume every record written so far now; returns how many were consumed."""
+        deadline = time.monotonic() + timeout_s
+        total = 0
+        with self._lock:
+            if self._probes is None or self._probes.bpf is None:
+                return 0
+            while True:
+                before = self._user["received"]
+                self._probes.bpf.ring_buffer_consume()
+                got = self._user["received"] - before
+                total += got
+                if got == 0 or time.monotonic() >= deadline:
+                    return total
+
+    def finish(self) -> list[KernelRequest]:
+        """Drain, end still-open connections from the kernel map, detach, write and return
+        every request. Later calls return the same list."""
+        if self._final is not None:
+            return self._final
+        self._require_running()
+        self.drain(timeout_s=5.0)
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        with self._lock:
+            snapshots = self._probes.conn_snapshots()
+            self._assembler.finish_open(snapshots)
+        self.stop()
+        self._clock.close(measure())
+        self._final = self._assembler.requests(self._clock)
+        if self.writer is not None:
+            self.writer.kernel(self._final)
+        return self._final
+
+    @property
+    def requests(self) -> list[KernelRequest]:
+        """Requests finished so far (all of them after finish())."""
+        if self._final is not None:
+            return self._final
+        with self._lock:
+            return self._assembler.requests(self._clock) if self._clock else []
+
+    # --- reporting --------------------------------------------------------------------------
+
+    def stats(self) -> dict:
+        """In-kernel counters, user-space counters and what the probes could not see."""
+        kernel = self._final_kernel
+        if kernel is None and self._probes is not None and self._probes.bpf is not None:
+            with self._lock:
+                kernel = self._probes.counters()
+        out: dict = dict(kernel or {})
+        with self._lock:
+            out.update({f"user_{k}": v for k, v in self._user.items()})
+            out["bad_records"] = self._user["bad_records"]
+            out["assembler"] = dict(self._assembler.stats)
+        out["loss"] = sum(out.get(k, 0) for k in LOSS_KEYS)
+        out["capture_bytes"] = self.config.capture_bytes
+        out["targets"] = sorted(self._targets)
+        if self._probes is not None:
+            out["compile_s"] = round(self._probes.compile_s, 3)
+            out["attach_s"] = round(self._probes.attach_s, 3)
+            out["missing_tracepoints"] = list(self._probes.missing)
+        out["blind_spots"] = list(BLIND_SPOTS)
+        return out
+
+    def clock_info(self) -> dict:
+        return self._clock.info() if self._clock else {}
+
+    def probe_program_ids(self) -> set[int]:
+        """Kernel ids of this collector's programs while attached (empty once stopped)."""
+        if self._probes is None:
+            return set()
+        with self._lock:
+            return self._probes.program_ids()
+
+    def print_bpf(self) -> str:
+        """The C source and flags this collector compiles (for --print-bpf)."""
+        return bpf_source(self.config)
+
+
+def _sigterm_to_exit(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+def _descendants(pid: int) -> list[int]:
+    """Processes below ``pid`` now, from /proc/<pid>/task/<tid>/children."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            tasks = os.listdir(f"/proc/{p}/task")
+        except OSError:
+            continue
+        for t in tasks:
+            try:
+                with open(f"/proc/{p}/task/{t}/children") as f:
+                    kids = [int(x) for x in f.read().split()]
+            except (OSError, ValueError):
+                continue
+            out += kids
+            todo += kids
+    return out

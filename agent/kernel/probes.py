@@ -1,0 +1,303 @@
+"""Compiles bpf/http_trace.bpf.c with bcc, attaches it to syscall tracepoints, detaches it.
+
+Configuration reaches the C program only as typed -D flags (validated integers), never as
+spliced text. Attach points are feature-detected: a syscall tracepoint this kernel lacks
+is left out and reported as a blind spot; read, write and close are required.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import re
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from agent.errors import ProbeError
+from agent.kernel.assembler import ConnSnapshot
+from agent.kernel.events import COUNTER_NAMES, CTR_NUM
+
+BPF_DIR = Path(os.environ.get("OBSCONFORM_BPF_DIR") or Path(__file__).resolve().parents[2] / "bpf")
+PROGRAM_FILE = BPF_DIR / "http_trace.bpf.c"
+HEADER_FILE = BPF_DIR / "http_event.h"
+PROG_PREFIX = "obsc_"  # every program in http_trace.bpf.c is named obsc_*
+
+DEFAULT_CAPTURE_BYTES = 1024
+CAPTURE_RANGE = (256, 4096)
+DEFAULT_RINGBUF_PAGES = 1024  # 4 MiB
+DEFAULT_MAP_ENTRIES = 65536
+TRACEFS_DIRS = (Path("/sys/kernel/tracing"), Path("/sys/kernel/debug/tracing"))
+
+# Syscall families: (name, its enter program, -D flag that compiles it out when absent).
+# Every family's sys_exit goes to obsc_ex_io except accept and connect.
+_IO_FAMILIES = [
+    ("read", "obsc_en_read", None),
+    ("write", "obsc_en_write", None),
+    ("readv", "obsc_en_readv", "OBSC_NO_READV"),
+    ("recvfrom", "obsc_en_recvfrom", "OBSC_NO_RECVFROM"),
+    ("recvmsg", "obsc_en_recvmsg", "OBSC_NO_RECVMSG"),
+    ("writev", "obsc_en_writev", "OBSC_NO_WRITEV"),
+    ("sendto", "obsc_en_sendto", "OBSC_NO_SENDTO"),
+    ("sendmsg", "obsc_en_sendmsg", "OBSC_NO_SENDMSG"),
+    ("sendfile64", "obsc_en_sendfile", "OBSC_NO_SENDFILE"),
+]
+
+
+def _tracefs() -> Path | None:
+    for d in TRACEFS_DIRS:
+        if (d / "events").is_dir():
+            return d
+    return None
+
+
+def _tp_exists(tracefs: Path, category: str, event: str) -> bool:
+    return (tracefs / "events" / category / event).is_dir()
+
+
+_EXIT_RET = re.compile(r"field:long ret;\s*offset:16;\s*size:8;")
+
+
+def _exit_layout_ok(tracefs: Path, name: str) -> bool:
+    """struct sys_exit_args in the C program assumes ret is a long at offset 16."""
+    fmt = tracefs / "events" / "syscalls" / f"sys_exit_{name}" / "format"
+    try:
+        return bool(_EXIT_RET.search(fmt.read_text()))
+    except OSError:
+        return False
+
+
+def _check_int(name: str, value: object, lo: int, hi: int) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+        raise ValueError(f"{name} must be an integer within {lo}..{hi}, got {value!r}")
+    return value
+
+
+@dataclass
+class ProbeConfig:
+    """What the C program is compiled with; every field becomes one typed -D flag."""
+
+    capture_bytes: int = DEFAULT_CAPTURE_BYTES
+    ringbuf_pages: int = DEFAULT_RINGBUF_PAGES
+    map_entries: int = DEFAULT_MAP_ENTRIES
+    cgroup: str | None = None  # cgroup v2 directory: its processes are targets too
+    absent: list[str] = field(default_factory=list)  # -D flags for missing tracepoints
+    group_dead: bool = True
+
+    def validate(self) -> None:
+        _check_int("capture_bytes", self.capture_bytes, *CAPTURE_RANGE)
+        _check_int("ringbuf_pages", self.ringbuf_pages, 1, 1 << 18)
+        if self.ringbuf_pages & (self.ringbuf_pages - 1):
+            raise ValueError(f"ringbuf_pages must be a power of two, got {self.ringbuf_pages}")
+        _check_int("map_entries", self.map_entries, 64, 1 << 22)
+
+    def cflags(self) -> list[str]:
+        self.validate()
+        flags = [
+            f"-I{BPF_DIR}",
+            f"-DCAPTURE_BYTES={self.capture_bytes:d}",
+            f"-DRINGBUF_PAGES={self.ringbuf_pages:d}",
+            f"-DMAP_ENTRIES={self.map_entries:d}",
+            # Each CPU wakes the reader up after 1/16 of the ring: batching without overflow.
+            f"-DWAKEUP_BYTES={self.ringbuf_pages * 4096 // 16:d}",
+        ]
+        if self.group_dead:
+            flags.append("-DHAVE_GROUP_DEAD=1")
+        if self.cgroup:
+            cg_id, level = cgroup_id_level(self.cgroup)
+            flags += [f"-DTARGET_CGROUP_ID={cg_id:d}ULL", f"-DTARGET_CGROUP_LEVEL={level:d}"]
+        flags += [f"-D{name}=1" for name in self.absent]
+        return flags
+
+
+def cgroup_id_level(path: str) -> tuple[int, int]:
+    """cgroup v2 id (the directory's inode) and depth below the root of the hierarchy."""
+    p = Path(path).resolve()
+    root = Path("/sys/fs/cgroup")
+    try:
+        rel = p.relative_to(root)
+        st = p.stat()
+    except (ValueError, OSError) as e:
+        raise ProbeError(f"{path} is not a cgroup v2 directory under {root}; "
+                         "pass a path like /sys/fs/cgroup/system.slice/my.service") from e
+    if not (p / "cgroup.procs").exists():
+        raise ProbeError(f"{path} is not a cgroup v2 directory (no cgroup.procs)")
+    return st.st_ino, len(rel.parts)
+
+
+def bpf_source(config: ProbeConfig | None = None) -> str:
+    """The C the probes are built from (header + program) and the flags, for --print-bpf."""
+    config = config or ProbeConfig()
+    flags = " ".join(config.cflags())
+    return (f"/* obsconform eBPF program, compiled by bcc with: {flags} */\n\n"
+            f"/* ---- {HEADER_FILE.name} ---- */\n{HEADER_FILE.read_text()}\n"
+            f"/* ---- {PROGRAM_FILE.name} ---- */\n{PROGRAM_FILE.read_text()}")
+
+
+class Probes:
+    """The compiled program, its attachments and its maps."""
+
+    def __init__(self, config: ProbeConfig) -> None:
+        config.validate()
+        self.config = config
+        self.bpf = None
+        self.attached: list[tuple[str, str]] = []  # (program, "category:event")
+        self.missing: list[str] = []  # tracepoints this kernel lacks (blind spots)
+        self.compile_s = self.attach_s = 0.0
+
+    def load(self) -> None:
+        """Compile and attach; raises ProbeError with what to do on failure."""
+        plan = self._plan()
+        try:
+            from bcc import BPF
+        except ImportError as e:
+            raise ProbeError("bcc is not importable: install python3-bpfcc (`make setup`) and use a "
+                             "venv made with --system-site-packages, or pass --no-ebpf") from e
+        if os.geteuid() != 0:
+            raise ProbeError("eBPF probes need root (or CAP_BPF+CAP_PERFMON+CAP_SYS_RESOURCE): "
+                             "run with sudo, or pass --no-ebpf")
+        t0 = time.monotonic()
+        try:
+            self.bpf = BPF(src_file=str(PROGRAM_FILE).encode(),
+                           cflags=self.config.cflags())
+        except Exception as e:
+            raise ProbeError(f"cannot compile {PROGRAM_FILE.name} ({str(e).splitlines()[0]}): "
+                             "run `make setup` for kernel headers, or pass --no-ebpf") from e
+        self.compile_s = time.monotonic() - t0
+        t0 = time.monotonic()
+        try:
+            for fn, tp in plan:
+                self.bpf.attach_tracepoint(tp=tp.encode(), fn_name=fn.encode())
+                self.attached.append((fn, tp))
+        except Exception as e:
+            self.unload()
+            raise ProbeError(f"cannot attach {fn} to {tp} ({str(e).splitlines()[0]}): check that "
+                             "tracefs is mounted and BPF is allowed here, or pass --no-ebpf") from e
+        self.attach_s = time.monotonic() - t0
+
+    def _plan(self) -> list[tuple[str, str]]:
+        """Programs and the tracepoints to attach them to, from what this kernel has."""
+        tracefs = _tracefs()
+        if tracefs is None:
+            raise ProbeError("tracefs is not mounted: `mount -t tracefs tracefs /sys/kernel/tracing` "
+                             "(or run `make setup`), or pass --no-ebpf")
+
+        def has_syscall(name: str) -> bool:
+            ok = all(_tp_exists(tracefs, "syscalls", f"sys_{d}_{name}") for d in ("enter", "exit"))
+            if ok and not _exit_layout_ok(tracefs, name):
+                raise ProbeError(f"syscalls:sys_exit_{name} has an unexpected record layout (ret not a "
+                                 "long at offset 16); this kernel is not supported, pass --no-ebpf")
+            if not ok:
+                self.missing.append(f"syscalls:sys_*_{name}")
+            return ok
+
+        plan: list[tuple[str, str]] = []
+        for name, fn, flag in _IO_FAMILIES:
+            if has_syscall(name):
+                plan += [(fn, f"syscalls:sys_enter_{name}"), ("obsc_ex_io", f"syscalls:sys_exit_{name}")]
+            elif flag is None:
+                raise ProbeError(f"this kernel has no syscalls:sys_enter/exit_{name} tracepoints "
+                                 "(CONFIG_FTRACE_SYSCALLS): kernel truth needs them; pass --no-ebpf")
+            else:
+                self.config.absent.append(flag)
+        if not has_syscall("close"):
+            raise ProbeError("this kernel has no syscalls:sys_enter_close tracepoint; pass --no-ebpf")
+        plan.append(("obsc_en_close", "syscalls:sys_enter_close"))
+        for name in ("accept", "accept4"):
+            if has_syscall(name):
+                plan.append(("obsc_ex_accept", f"syscalls:sys_exit_{name}"))
+        if has_syscall("connect"):
+            plan += [("obsc_en_connect", "syscalls:sys_enter_connect"),
+                     ("obsc_ex_connect", "syscalls:sys_exit_connect")]
+        else:
+            self.config.absent.append("OBSC_NO_CONNECT")
+        for event, fn, flag in (("sched_process_fork", "obsc_fork", "OBSC_NO_FORK"),
+                                ("sched_process_exit", "obsc_exit", "OBSC_NO_EXIT")):
+            if _tp_exists(tracefs, "sched", event):
+                plan.append((fn, f"sched:{event}"))
+            else:
+                self.missing.append(f"sched:{event}")
+                self.config.absent.append(flag)
+        exit_format = tracefs / "events" / "sched" / "sched_process_exit" / "format"
+        self.config.group_dead = exit_format.exists() and "group_dead" in exit_format.read_text()
+        return plan
+
+    def unload(self) -> None:
+        """Detach every program and close every fd; safe to call twice."""
+        bpf, self.bpf = self.bpf, None
+        if bpf is not None:
+            bpf.cleanup()
+        self.attached = []
+
+    # --- maps -----------------------------------------------------------------------------
+
+    def set_target(self, tgid: int, on: bool) -> None:
+        table = self.bpf["targets"]
+        key = table.Key(tgid)
+        if on:
+            table[key] = table.Leaf(1)
+        else:
+            try:
+                del table[key]
+            except KeyError:
+                pass
+
+    def targets(self) -> set[int]:
+        return {k.value for k in self.bpf["targets"].keys()}
+
+    def counters(self) -> dict[str, int]:
+        table = self.bpf["counters"]
+        return {COUNTER_NAMES[i]: int(table.sum(table.Key(i)).value) for i in range(CTR_NUM)}
+
+    def conn_snapshots(self) -> dict[tuple[int, int], ConnSnapshot]:
+        """The connection map: (tgid, fd) -> totals, for connections still open."""
+        out = {}
+        for k, v in self.bpf["conns"].items():
+            fd = ctypes.c_int32(k.value & 0xFFFFFFFF).value
+            out[(k.value >> 32, fd)] = ConnSnapshot(v.last_read_ns, v.last_write_ns, v.rd_bytes, v.wr_bytes)
+        return out
+
+    def program_ids(self) -> set[int]:
+        """Kernel ids of the programs this object loaded (from /proc/self/fdinfo)."""
+        if self.bpf is None:
+            return set()
+        return {i for fn in self.bpf.funcs.values() if (i := _fd_prog_id("self", fn.fd)) is not None}
+
+
+def _fd_prog_id(pid: str, fd: int | str) -> int | None:
+    try:
+        with open(f"/proc/{pid}/fdinfo/{fd}") as f:
+            for line in f:
+                if line.startswith("prog_id:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def attached_program_ids(pid: int | None = None) -> set[int]:
+    """Ids of loaded obsconform BPF programs (named obsc_*), optionally only those whose
+    file descriptors process ``pid`` holds. Tests use it to prove that probes are gone."""
+    names: dict[int, str] | None = None
+    if shutil.which("bpftool"):
+        try:
+            out = subprocess.run(["bpftool", "prog", "show", "-j"], capture_output=True, timeout=10,
+                                 check=True).stdout
+            names = {p["id"]: p.get("name", "") for p in json.loads(out or b"[]")}
+        except (OSError, subprocess.SubprocessError, ValueError):
+            names = None
+    if pid is not None:
+        try:
+            fds = os.listdir(f"/proc/{pid}/fdinfo")
+        except OSError:
+            return set()
+        held = {i for fd in fds if (i := _fd_prog_id(str(pid), fd)) is not None}
+        if names is None:
+            return held
+        return {i for i in held if names.get(i, PROG_PREFIX).startswith(PROG_PREFIX)}
+    if names is None:
+        raise ProbeError("bpftool is needed to list loaded BPF programs: run `make setup`")
+    return {i for i, n in names.items() if n.startswith(PROG_PREFIX)}
