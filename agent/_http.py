@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
 import logging
 import socket
 import threading
@@ -11,12 +10,13 @@ from functools import lru_cache
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import metadata
 
+from agent.errors import ObsconformError
+
 log = logging.getLogger(__name__)
 
 # An idle keep-alive connection is dropped after this long, so exporters that vanish
 # do not pin a handler thread forever.
 IDLE_TIMEOUT_S = 60.0
-_CHUNK = 64 * 1024
 
 
 @lru_cache(maxsize=1)
@@ -71,6 +71,8 @@ def _read_chunked(handler: BaseHTTPRequestHandler, limit: int) -> bytes:
             size = int(line.split(b";", 1)[0].strip(), 16)
         except ValueError:
             raise BodyError(400, f"bad chunk size line {line[:40]!r}") from None
+        if size < 0:
+            raise BodyError(400, f"bad chunk size line {line[:40]!r}")
         if size == 0:
             # Skip trailers up to the empty line that ends the message.
             while handler.rfile.readline(1024).strip():
@@ -102,10 +104,6 @@ def decode_content(body: bytes, encoding: str, limit: int) -> bytes:
     if not inflater.eof:
         raise BodyError(400, "bad gzip body: truncated")
     return out
-
-
-def gzip_bytes(data: bytes) -> bytes:
-    return gzip.compress(data, compresslevel=1)
 
 
 class QuietHandler(BaseHTTPRequestHandler):
@@ -189,7 +187,13 @@ class BackgroundServer:
         if self._server is not None:
             return
         cls = _Server6 if ":" in self._addr[0] else _Server
-        server = cls(self._addr, self._handler)
+        try:
+            server = cls(self._addr, self._handler)
+        except OSError as e:
+            host, port = self._addr
+            raise ObsconformError(
+                f"the {self._name} cannot listen on {host}:{port} ({e.strerror or e}): choose another address or port"
+            ) from e
         server.owner = self._owner  # type: ignore[attr-defined]
         self._server = server
         self._thread = threading.Thread(
@@ -209,7 +213,8 @@ class BackgroundServer:
 
     @property
     def base_url(self) -> str:
-        host = self._addr[0] or "127.0.0.1"
+        # A wildcard listen is reached through loopback.
+        host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(self._addr[0], self._addr[0])
         if ":" in host:
             host = f"[{host}]"
         return f"http://{host}:{self.port}"

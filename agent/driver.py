@@ -82,7 +82,8 @@ class LoadDriver:
     ) -> list[DriverRecord]:
         """Send every planned request once with ``concurrency`` workers; records in plan order.
 
-        ``progress(done, total)`` is called from the worker threads after each request.
+        ``progress(done, total)`` is called after each request, from the worker threads but
+        one call at a time, with ``done`` increasing.
         """
         if concurrency < 1:
             raise ValueError(f"concurrency must be >= 1, got {concurrency}")
@@ -90,7 +91,7 @@ class LoadDriver:
         total = len(requests)
         base_seq, self._next_seq = self._next_seq, self._next_seq + total
         records: list[DriverRecord | None] = [None] * total
-        lock = threading.Lock()
+        lock, progress_lock = threading.Lock(), threading.Lock()
         state = {"next": 0, "done": 0, "progress_ok": progress is not None}
 
         def take() -> int:
@@ -100,12 +101,14 @@ class LoadDriver:
                 return i
 
         def finished() -> None:
-            with lock:
+            if progress is None:
+                return
+            with progress_lock:
                 state["done"] += 1
-                done, call = state["done"], state["progress_ok"]
-            if call:
+                if not state["progress_ok"]:
+                    return
                 try:
-                    progress(done, total)  # type: ignore[misc]
+                    progress(state["done"], total)
                 except Exception as e:  # noqa: BLE001 - a progress bar must not stop the load
                     state["progress_ok"] = False
                     log.warning("load driver: progress callback failed, disabled: %s", e)

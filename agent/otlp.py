@@ -153,6 +153,10 @@ class _OtlpHandler(QuietHandler):
             owner._note(f"{status}", "OTLP receiver: %s %s answered %d: %s", self.command, path, status, e)
             self._fail(owner, status, str(e), is_json)
             return
+        except Exception as e:  # noqa: BLE001 - a decoder bug must cost one export, not the receiver
+            owner._note("decode", "OTLP receiver: could not decode %s: %r", signal, e)
+            self._fail(owner, 500, f"could not decode {signal}: {e!r}", is_json)
+            return
         try:
             owner._ingest(signal, records)
         except Exception as e:  # noqa: BLE001 - the receiver must outlive any bad export
@@ -163,6 +167,7 @@ class _OtlpHandler(QuietHandler):
         self.reply(200, dec.response_body(signal, is_json), JSON_TYPE if is_json else PROTOBUF_TYPES[0])
 
     def _fail(self, owner: OtlpReceiver, status: int, message: str, is_json: bool) -> None:
+        """Answer an error with a google.rpc.Status body in the request's encoding; count it."""
         # The body may be unread (or half read): never reuse this connection.
         self.close_connection = True
         owner._arrived(ok=False)
@@ -171,8 +176,9 @@ class _OtlpHandler(QuietHandler):
             body = json.dumps({"code": code, "message": message}).encode()
         else:
             body = _rpc_status(code, message)
+        extra = {"Allow": "POST"} if status == 405 else None
         try:
-            self.reply(status, body, JSON_TYPE if is_json else PROTOBUF_TYPES[0])
+            self.reply(status, body, JSON_TYPE if is_json else PROTOBUF_TYPES[0], extra)
         except OSError:
             pass  # the exporter went away; nothing to tell it
 
@@ -191,7 +197,7 @@ class _OtlpHandler(QuietHandler):
 
 def _rpc_status(code: int, message: str) -> bytes:
     """A google.rpc.Status {code, message} in protobuf wire format (no googleapis dependency)."""
-    msg = message.encode("utf-8")[:1024]
+    msg = message[:1024].encode("utf-8")
     return b"\x08" + _varint(code) + b"\x12" + _varint(len(msg)) + msg
 
 

@@ -20,6 +20,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.metrics.v1 import metrics_pb2
 from opentelemetry.proto.trace.v1 import trace_pb2
 
+from agent.errors import ObsconformError
 from agent.otlp import OtlpReceiver
 from agent.otlp_decode import exponential_to_explicit
 
@@ -308,3 +309,21 @@ def test_exponential_buckets_become_explicit_le_bounds(scale, neg, zero, pos, bo
     dp.positive.offset, dp.positive.bucket_counts[:] = pos
     got_bounds, got_counts = exponential_to_explicit(dp)
     assert got_bounds == pytest.approx(bounds) and got_counts == counts
+
+
+def test_a_decoder_bug_costs_one_export_not_the_receiver(receiver, post, monkeypatch):
+    def broken(*args, **kwargs):
+        raise KeyError("bug")
+
+    monkeypatch.setattr("agent.otlp.dec.decode", broken)
+    assert post(receiver.endpoint, "/v1/traces", trace_request().SerializeToString(), PROTOBUF).status == 500
+    monkeypatch.undo()
+    assert post(receiver.endpoint, "/v1/traces", trace_request().SerializeToString(), PROTOBUF).status == 200
+    assert receiver.counts() == {"spans": 2, "metrics": 0, "logs": 0, "requests": 2, "errors": 1}
+
+
+def test_a_busy_port_is_a_one_line_error_that_says_what_to_do():
+    with OtlpReceiver(None) as first:
+        with pytest.raises(ObsconformError, match=rf"cannot listen on 127\.0\.0\.1:{first.port} .*choose another"):
+            OtlpReceiver(None, port=first.port).start()
+
