@@ -48,32 +48,34 @@ def decide_verdict(checks: Iterable[dict[str, Any]], catalogue: Catalogue | None
                    ) -> tuple[str, str, list[str]]:
     """(verdict, one-line reason, MUST ids of the catalogue absent from ``checks``).
 
-    compliant iff every MUST of the catalogue was evaluated and passed; non_compliant iff a
-    MUST failed; else inconclusive. A skipped or absent MUST is unverified, not passed.
+    Over the checks in the report: compliant iff every MUST passed; non_compliant iff a
+    MUST failed; else inconclusive. A skipped MUST (not implemented, not applicable) is
+    unverified, not passed. MUSTs the user did not select are outside the run's scope: they
+    are listed, named in the reason, and cannot fail or pass the run.
     """
     catalogue = catalogue or load_catalogue()
     checks = list(checks)
     musts = [c for c in checks if c["level"] == "MUST"]
     present = {c["id"] for c in checks}
     absent = [c.id for c in catalogue.checks if c.level == "MUST" and c.id not in present]
+    scope = f"; {len(absent)} MUST not selected ({_ids(absent)})" if absent else ""
     by_status: dict[str, list[str]] = {s: [] for s in _STATUSES}
     for c in musts:
         by_status[c["status"]].append(c["id"])
     if by_status["fail"]:
-        return NON_COMPLIANT, f"MUST failed: {_ids(by_status['fail'])}", absent
+        return NON_COMPLIANT, f"MUST failed: {_ids(by_status['fail'])}{scope}", absent
     unsettled = []
     if by_status["inconclusive"]:
         unsettled.append(f"{len(by_status['inconclusive'])} MUST inconclusive "
                          f"({_ids(by_status['inconclusive'])})")
     if by_status["skip"]:
         unsettled.append(f"{len(by_status['skip'])} MUST skipped ({_ids(by_status['skip'])})")
-    if absent:
-        unsettled.append(f"{len(absent)} MUST not selected ({_ids(absent)})")
     if unsettled:
-        return INCONCLUSIVE, "no MUST failed, but " + "; ".join(unsettled), absent
+        return INCONCLUSIVE, "no MUST failed, but " + "; ".join(unsettled) + scope, absent
     if not musts:
-        return INCONCLUSIVE, "no MUST check was evaluated", absent
-    return COMPLIANT, f"all {len(musts)} MUST checks passed", absent
+        return INCONCLUSIVE, f"no MUST check was evaluated{scope}", absent
+    selected = " selected" if absent else ""
+    return COMPLIANT, f"all {len(musts)}{selected} MUST checks passed{scope}", absent
 
 
 def _ids(ids: list[str], limit: int = 4) -> str:

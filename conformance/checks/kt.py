@@ -44,6 +44,8 @@ def one_server_span_per_request(ctx: CheckContext) -> Finding:
     }
     expected = {"spans_per_request": 1, "loss_pct_max": budget, "duplicates": 0}
     evidence = {
+        "missing_trace_ids": [r.trace_id for r in missing[:SAMPLE_LIMIT] if r.trace_id],
+        "duplicate_trace_ids": [r.trace_id for r in dups[:SAMPLE_LIMIT] if r.trace_id],
         "missing_samples": [_request_ref(r) for r in missing[:SAMPLE_LIMIT]],
         "duplicate_samples": [
             {**_request_ref(r), "span_ids": [s.span_id for s in r.spans]}

@@ -69,6 +69,7 @@ def test_kt001_failure_names_the_lost_requests(run):
     lost_paths = {f"/items/{i}" for i in (0, 10, 20)}
     assert {s["target"] for s in r.evidence["missing_samples"]} == lost_paths
     assert all(len(s["trace_id"]) == 32 for s in r.evidence["missing_samples"])
+    assert r.evidence["missing_trace_ids"] == [s["trace_id"] for s in r.evidence["missing_samples"]]
 
 
 def test_kt001_duplicates_report_the_span_ids(run):

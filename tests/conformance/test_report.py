@@ -42,7 +42,7 @@ VERDICTS = [
     (("fail", "skip", "pass"), "non_compliant"),
     (("inconclusive", "pass", "pass"), "inconclusive"),
     (("skip", "pass", "pass"), "inconclusive"),  # unverified MUST: never compliant
-    (("pass", None, "pass"), "inconclusive"),  # MUST not selected: never compliant
+    (("pass", None, "pass"), "compliant"),  # verdict scoped to the selected MUSTs
     ((None, None, "pass"), "inconclusive"),
 ]
 
@@ -54,9 +54,10 @@ def test_verdict_rules(statuses, verdict):
     assert got == verdict, reason
 
 
-def test_verdict_reason_and_absent_musts():
+def test_a_partial_selection_says_what_the_verdict_does_not_cover():
     verdict, reason, absent = decide_verdict(_checks("pass", None, "pass"), TINY)
-    assert absent == ["KT-002"] and "not selected (KT-002)" in reason
+    assert absent == ["KT-002"]
+    assert reason == "all 1 selected MUST checks passed; 1 MUST not selected (KT-002)"
 
 
 @pytest.mark.parametrize("verdict, code", [("compliant", 0), ("non_compliant", 2),
