@@ -25,6 +25,7 @@ from opentelemetry.proto.metrics.v1 import metrics_pb2
 from opentelemetry.proto.trace.v1 import trace_pb2
 
 from agent.evidence import LogRecord, MetricPoint, Span
+from agent.logs import json_log_line  # re-exported: the other source of LogRecords
 
 TRACES, METRICS, LOGS = "traces", "metrics", "logs"
 
@@ -318,6 +319,7 @@ __all__ = [
     "attributes",
     "decode",
     "exponential_to_explicit",
+    "json_log_line",
     "logs_from_request",
     "metrics_from_request",
     "parse_request",
