@@ -4,7 +4,8 @@ Gates, in order: a check the catalogue marks unimplemented (or with no registere
 is ``skip`` "not implemented in this version"; a check that needs kernel truth is
 ``inconclusive`` when the run had no eBPF or the agent lost or did not report its loss
 counters (KT-007 alone still runs on loss, and fails); a check that raises is
-``inconclusive`` with the error. The engine itself never raises on bad evidence.
+``inconclusive`` with the error, so one broken check never takes the report down. Only
+bad input (unknown check ids, bad thresholds) raises, as InputError.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from conformance.model import NOT_IMPLEMENTED, CheckResult, Finding, Status
 from conformance.registry import REGISTRY, CheckContext
 
 log = logging.getLogger(__name__)
+
 
 def resolve_thresholds(catalogue: Catalogue, *layers: dict[str, Any] | None
                        ) -> dict[str, dict[str, float]]:

@@ -149,10 +149,11 @@ def _measurements(evidence: Evidence, by_id: dict[str, dict[str, Any]]) -> dict[
                  "duplicates": kt1["duplicates"], "pct": kt1["loss_pct"]}
     kt2 = _observed(by_id, "KT-002")
     metrics = None
-    if kt2 and isinstance(kt2.get("prometheus"), dict) and kt2["prometheus"].get("metric"):
-        p = kt2["prometheus"]
-        metrics = {"metric": p["metric"], "kernel_count": p["kernel_count"],
-                   "metric_count": p["metric_count"], "mismatched_series": p["mismatched_series"]}
+    source = next((kt2[s] for s in ("prometheus", "otlp") if kt2 and isinstance(kt2.get(s), dict)
+                   and kt2[s].get("metric")), None)
+    if source:
+        metrics = {k: source[k] for k in ("metric", "kernel_count", "metric_count",
+                                          "mismatched_series")}
     kt3 = _observed(by_id, "KT-003")
     drift_src = (kt3 or {}).get("drift_us") or {}
     drift = {k: drift_src.get(k) for k in ("p50", "p90", "p99", "max", "mean")}

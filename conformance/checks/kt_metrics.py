@@ -42,7 +42,7 @@ def _last_good(evidence: Evidence, phase: str) -> Scrape | None:
 
 def _metrics_path(evidence: Evidence) -> str:
     url = str(evidence.meta.target.get("metrics_url") or "")
-    return urlsplit(url).path or "/metrics" if url else "/metrics"
+    return urlsplit(url).path or "/metrics"
 
 
 def compare(series: Series, under_test: list[KernelRequest], agent: list[KernelRequest],
