@@ -24,8 +24,9 @@ $(STAMP): pyproject.toml
 	@touch $@
 
 demo: HOST_GROUPS = lint
+# The demo's verdict is shown, not enforced: only a harness error (exit 1) fails `make demo`.
 demo: setup
-	@$(VENV)/bin/obsconform demo
+	@$(VENV)/bin/obsconform demo; rc=$$?; [ $$rc -ne 1 ] || exit 1
 
 # pytest exits 5 when it collected no test: that is a failure here, not a pass.
 test: HOST_GROUPS = lint report
@@ -41,7 +42,7 @@ bench: setup
 	@$(PY) -m tests.bench --out reports/bench.json
 
 catalogue-table: venv
-	@$(PY) -m conformance.catalogue --markdown-into README.md
+	@$(PY) -c 'import sys; from conformance.catalogue import main; sys.exit(main(sys.argv[1:]))' --markdown-into README.md
 
 clean:
 	rm -rf $(VENV) reports/runs .pytest_cache
