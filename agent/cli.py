@@ -42,6 +42,11 @@ class Cli(click.Group):
             _fail(str(e))
         except KeyboardInterrupt:
             _fail("interrupted; probes detached, evidence recorded so far kept")
+        except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except Exception as e:  # a bug of ours: still one line and exit 1, traceback with -v
+            logging.getLogger("obsconform").debug("internal error", exc_info=True)
+            _fail(f"internal error: {type(e).__name__}: {e} (run with -v for the traceback; please report it)")
 
 
 @click.group(cls=Cli, context_settings={"help_option_names": ["-h", "--help"], "show_default": True})

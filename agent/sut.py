@@ -78,15 +78,16 @@ class LaunchedSut:
         if shutil.which(argv[0]) is None:
             raise InputError(f"--exec: command {argv[0]!r} not found; give a path or a command on PATH")
         self.command = command
-        # The child waits in a tiny shell on a pipe until release(), then execs the SUT in
-        # place (same pid). A preexec_fn would do the same but is unsafe with our threads.
+        # The child waits in a tiny shell reading its stdin (our pipe) until release(), then
+        # execs the SUT in place (same pid) with stdin from /dev/null. A preexec_fn would do
+        # the same but is unsafe with our threads.
         gate_r, self._gate_w = os.pipe()
-        gate = ['/bin/sh', '-c', 'read _ <&%d; exec %d<&-; exec "$@"' % (gate_r, gate_r), 'obsconform-gate']
+        gate = ["/bin/sh", "-c", 'read _; exec "$@" </dev/null', "obsconform-gate"]
         self._log = open(log_path, "ab")
         try:
             self.proc = subprocess.Popen(
-                gate + argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT, start_new_session=True, pass_fds=(gate_r,),
+                gate + argv, env=env, stdin=gate_r, stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT, start_new_session=True,
             )
         except OSError as e:
             self._log.close()
@@ -101,7 +102,10 @@ class LaunchedSut:
     def release(self) -> None:
         """Let the child exec the SUT (after its pid is a kernel target)."""
         if self._gate_w >= 0:
-            os.write(self._gate_w, b"\n")
+            try:
+                os.write(self._gate_w, b"\n")
+            except BrokenPipeError:  # the gate shell died; wait_ready reports the exit
+                pass
             os.close(self._gate_w)
             self._gate_w = -1
 
