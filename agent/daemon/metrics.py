@@ -52,8 +52,8 @@ class DaemonMetrics:
                                    "full), summed over finished runs.", registry=r)
         self.truncated = Counter("obsconform_truncated_captures", "Captures cut at capture_bytes, summed "
                                  "over finished runs.", registry=r)
-        self.ringbuf_fill = Gauge("obsconform_ringbuf_fill_ratio", "Peak ring-buffer fill of the last run "
-                                  "that measured it (0..1).", registry=r)
+        # Only exported once a run's kernel collector reported a fill figure: no fake zero.
+        self.ringbuf_fill: Gauge | None = None
         self.worker_errors = Counter("obsconform_worker_errors", "Unexpected errors in the run worker.",
                                      registry=r)
         self.bad_child_lines = Counter("obsconform_bad_child_lines", "Unreadable lines from run processes.",
@@ -82,6 +82,9 @@ class DaemonMetrics:
             meta = json.loads((report_path.parent / "meta.json").read_text(encoding="utf-8"))
             fill = _ringbuf_fill(meta.get("kernel_stats") or {})
             if fill is not None:
+                if self.ringbuf_fill is None:
+                    self.ringbuf_fill = Gauge("obsconform_ringbuf_fill_ratio", "Peak ring-buffer fill of the "
+                                              "last run that measured it (0..1).", registry=self.registry)
                 self.ringbuf_fill.set(fill)
         except (OSError, ValueError, TypeError, AttributeError) as e:
             log.warning("cannot read kernel figures from %s: %s", report_path, e)

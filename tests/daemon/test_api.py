@@ -100,6 +100,7 @@ def test_cancel_a_running_run(daemon, target, how):
 
 def test_cancel_a_queued_run_takes_it_off_the_queue(daemon, target):
     first = daemon.submit(slow_spec(target, seconds=30))
+    daemon.wait(first, states=("running",))
     second = daemon.submit(target.spec())
     assert daemon.api("GET", f"/v1/runs/{second}")[1]["position"] == 1
     assert daemon.api("POST", f"/v1/runs/{second}/cancel")[0] == 202
@@ -142,5 +143,4 @@ def test_metrics_count_runs_by_state_and_api_requests(daemon, target):
     assert samples[("obsconform_api_requests_total", (("code", "401"), ("route", "other")))] == 1
     assert samples[("obsconform_api_requests_total", (("code", "202"), ("route", "/v1/runs")))] == 1
     assert samples[("obsconform_run_duration_seconds_count", ())] == 1
-    assert ("obsconform_ringbuf_fill_ratio", ()) in samples
-    assert ("obsconform_agent_drops_total", ()) in samples
+    assert samples[("obsconform_agent_drops_total", ())] == 0

@@ -1,4 +1,4 @@
-"""A tiny keep-alive HTTP/1.1 target for daemon tests: prints its port, answers / and /slow?ms=N."""
+"""A tiny keep-alive HTTP/1.1 target for daemon tests: [HOST [PORT]]; prints its port; / and /slow?ms=N."""
 
 from __future__ import annotations
 
@@ -27,7 +27,8 @@ class Handler(BaseHTTPRequestHandler):
 
 
 if __name__ == "__main__":
-    server = ThreadingHTTPServer((sys.argv[1] if len(sys.argv) > 1 else "127.0.0.1", 0), Handler)
+    host = sys.argv[1] if len(sys.argv) > 1 else "127.0.0.1"
+    server = ThreadingHTTPServer((host, int(sys.argv[2]) if len(sys.argv) > 2 else 0), Handler)
     server.daemon_threads = True
     print(server.server_address[1], flush=True)
     server.serve_forever()
