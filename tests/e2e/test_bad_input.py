@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -66,11 +67,12 @@ def test_run_without_root_says_use_sudo_or_no_ebpf(obsconform, idle_process):
 @pytest.mark.parametrize("cmd", ["false", f"{sys.executable} -c 'import time; time.sleep(0.3)'"],
                          ids=["exits-at-once", "exits-while-waiting"])
 def test_probes_are_detached_when_a_run_fails(tmp_path, cmd):
-    before = attached_program_ids()
+    # Only this process's programs: other runs on the host may hold their own.
+    before = attached_program_ids(os.getpid())
     cfg = RunConfig(url=f"http://127.0.0.1:{free_port()}", exec_cmd=cmd, out_dir=tmp_path)
     with pytest.raises(ObsconformError, match="exited with code"):
         run(cfg)
-    assert attached_program_ids() - before == set()
+    assert attached_program_ids(os.getpid()) - before == set()
     # The failed run is still recorded.
     runs = list((tmp_path / "runs").iterdir())
     assert len(runs) == 1 and (runs[0] / "meta.json").exists()
