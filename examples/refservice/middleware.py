@@ -9,41 +9,21 @@ from typing import Any
 
 from flask import Flask
 from opentelemetry import context, trace
-from opentelemetry.propagators.textmap import Getter, TextMapPropagator
 from opentelemetry.trace import SpanKind, Status, StatusCode
-from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from werkzeug.exceptions import HTTPException
 
+from .bizcode import DEFAULT_BIZ_CODE, biz_code_of, with_biz_code
+from .errcodes import ENV_ERROR_CODE
 from .faults import ActiveFaults
 from .logs import LOGGER_NAME
+from .propagation import ENVIRON_GETTER, inbound_propagator
 from .telemetry import Telemetry
 
 # The agent's own traffic (scrapes, health probes) is neither traced nor counted.
 UNINSTRUMENTED_PATHS = frozenset({"/metrics", "/healthz"})
-BIZ_CODE_HEADER = "HTTP_X_BIZ_CODE"
-DEFAULT_BIZ_CODE = "default"
 ENV_BIZ_CODE = "refservice.biz_code"  # WSGI environ key: this request's bizCode
 
 log = logging.getLogger(LOGGER_NAME)
-
-
-class EnvironGetter(Getter[dict]):
-    """Reads request headers from a WSGI environ (duplicates arrive joined with a comma)."""
-
-    def get(self, carrier: dict, key: str) -> list[str] | None:
-        value = carrier.get("HTTP_" + key.upper().replace("-", "_"))
-        return None if value is None else [value]
-
-    def keys(self, carrier: dict) -> list[str]:
-        return [k[5:].lower().replace("_", "-") for k in carrier if k.startswith("HTTP_")]
-
-
-ENVIRON_GETTER = EnvironGetter()
-
-
-def biz_code_of(environ: dict) -> str:
-    """The inbound X-Biz-Code, trimmed; `default` when missing or blank."""
-    return environ.get(BIZ_CODE_HEADER, "").strip() or DEFAULT_BIZ_CODE
 
 
 def _split_host(host: str) -> tuple[str, int]:
@@ -83,20 +63,13 @@ class InstrumentationMiddleware:
     span and the histogram cover what the kernel sees, minus header parsing.
     """
 
-    def __init__(
-        self,
-        app: Flask,
-        telemetry: Telemetry,
-        faults: ActiveFaults,
-        propagator: TextMapPropagator | None = None,
-    ) -> None:
-        self._app = app
+    def __init__(self, app: Flask, telemetry: Telemetry, faults: ActiveFaults) -> None:
         self._wsgi = app.wsgi_app
         self._url_map = app.url_map
         self._tracer = telemetry.tracer
         self._metrics = telemetry.metrics
-        self._faults = faults
-        self._propagator = propagator or TraceContextTextMapPropagator()
+        self._propagator = inbound_propagator(faults)
+        self._error_statuses = 400 if faults.span_error_on_4xx else 500
         self._hidden_latency_s = faults.hidden_latency_ms / 1000.0
 
     def __call__(self, environ: dict, start_response: Callable[..., Any]) -> Iterable[bytes]:
@@ -119,7 +92,7 @@ class InstrumentationMiddleware:
             attributes=self._request_attributes(environ, method, route, biz_code),
             start_time=start_ns,
         )
-        token = context.attach(trace.set_span_in_context(span, parent))
+        token = context.attach(with_biz_code(biz_code, trace.set_span_in_context(span, parent)))
         status: list[int] = [500]
 
         def _start_response(status_line: str, headers: list, exc_info: Any = None) -> Any:
@@ -179,33 +152,30 @@ class InstrumentationMiddleware:
     ) -> None:
         try:
             span.set_attribute("http.response.status_code", status)
-            if status >= 500:
-                # OTel HTTP semconv: server spans are errors for 5xx only; 4xx is the client's.
+            if status >= self._error_statuses:
+                # OTel HTTP semconv: server spans are errors for 5xx only; 4xx is the client's
+                # (FAULT_4XX_SPAN_ERROR lowers the bar to 400).
                 span.set_status(Status(StatusCode.ERROR))
                 if not (getattr(span, "attributes", None) or {}).get("error.type"):
                     span.set_attribute("error.type", str(status))
             span_ctx = span.get_span_context()
-            log.info(
-                "request",
-                extra={
-                    "fields": {
-                        "method": method,
-                        "path": environ.get("PATH_INFO", ""),
-                        "route": route,
-                        "status": status,
-                        "biz_code": environ.get(ENV_BIZ_CODE, DEFAULT_BIZ_CODE),
-                    }
-                },
-            )
+            fields = {
+                "method": method,
+                "path": environ.get("PATH_INFO", ""),
+                "route": route,
+                "status": status,
+                "biz_code": environ.get(ENV_BIZ_CODE, DEFAULT_BIZ_CODE),
+            }
+            if ENV_ERROR_CODE in environ:
+                fields["error_code"] = environ[ENV_ERROR_CODE]
+            log.info("request", extra={"fields": fields})
             # One clock reading ends both the span and the histogram observation.
             elapsed_ns = time.perf_counter_ns() - start_mono
             span.end(end_time=start_ns + elapsed_ns)
+            trace_id = format(span_ctx.trace_id, "032x")
             exemplar = None
             if span_ctx.trace_flags.sampled:
-                exemplar = {
-                    "trace_id": format(span_ctx.trace_id, "032x"),
-                    "span_id": format(span_ctx.span_id, "016x"),
-                }
-            self._metrics.observe_request(method, route, status, elapsed_ns / 1e9, exemplar)
+                exemplar = {"trace_id": trace_id, "span_id": format(span_ctx.span_id, "016x")}
+            self._metrics.observe_request(method, route, status, elapsed_ns / 1e9, exemplar, trace_id)
         finally:
             context.detach(token)

@@ -52,7 +52,7 @@ class RefServiceApplication(BaseApplication):
     def _post_fork(self, server: Any, worker: Any) -> None:
         # The BatchSpanProcessor's export thread does not survive fork: build every provider
         # in the worker itself.
-        setup_logging(with_trace_context=True)
+        setup_logging(with_trace_context=not self._faults.logs_without_trace)
         self._telemetry = start_worker_telemetry(self._faults)
 
     def _worker_exit(self, server: Any, worker: Any) -> None:

@@ -13,6 +13,7 @@ from opentelemetry.context import Context
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.trace import SpanKind
 
 from .faults import ActiveFaults, DropPolicy
@@ -90,6 +91,16 @@ class DroppingSpanProcessor(SpanProcessor):
         return self._inner.force_flush(timeout_millis)
 
 
+class FixedTraceIdGenerator(RandomIdGenerator):
+    """FAULT_FIXED_TRACE_ID: every trace this process starts gets the same (valid) trace id."""
+
+    def __init__(self) -> None:
+        self._trace_id = super().generate_trace_id()
+
+    def generate_trace_id(self) -> int:
+        return self._trace_id
+
+
 def build_resource() -> Resource:
     """Resource from OTEL_RESOURCE_ATTRIBUTES / OTEL_SERVICE_NAME, named `refservice` otherwise."""
     resource = Resource.create()
@@ -115,8 +126,12 @@ def _exporter():
 
 def start_worker_telemetry(faults: ActiveFaults) -> Telemetry:
     """Create this process's tracer provider and metrics; call once per worker, after fork."""
-    metrics = Metrics()
-    provider = TracerProvider(resource=build_resource())
+    resource = build_resource()
+    metrics = Metrics(resource.attributes, faults.trace_id_label, faults.bad_metric_names)
+    provider = TracerProvider(
+        resource=resource,
+        id_generator=FixedTraceIdGenerator() if faults.fixed_trace_id else None,
+    )
     if os.environ.get("OTEL_TRACES_EXPORTER", "otlp").strip().lower() != "none":
         delay = None if os.environ.get("OTEL_BSP_SCHEDULE_DELAY") else DEFAULT_BSP_SCHEDULE_DELAY_MS
         processor: SpanProcessor = BatchSpanProcessor(_exporter(), schedule_delay_millis=delay)

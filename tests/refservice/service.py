@@ -138,6 +138,18 @@ class RefService:
         assert reply.status == 200, reply
         return reply.body.decode()
 
+    def wait_metrics(self, predicate, timeout: float = 5.0, openmetrics: bool = False) -> str:
+        """Scrape until predicate(text) holds: a request is observed just *after* its last
+        byte is written, so a scrape racing the final response may not count it yet."""
+        deadline = time.monotonic() + timeout
+        while True:
+            text = self.metrics_text(openmetrics)
+            if predicate(text):
+                return text
+            if time.monotonic() > deadline:
+                raise AssertionError(f"metrics did not settle within {timeout}s:\n{text}")
+            time.sleep(0.02)  # between scrapes; bounded by the deadline
+
     def stop(self) -> int:
         """SIGTERM (graceful: workers flush their spans) and wait for the exit code."""
         if self._conn is not None:

@@ -57,6 +57,7 @@ def test_drop_spans_every_5_drops_exactly_one_in_five(start_service, otlp):
         header, trace_id, _ = new_traceparent()
         assert svc.request("GET", "/items/2", {"traceparent": header}).status == 200
         trace_ids.append(trace_id)
+    svc.wait_metrics(lambda text: counter_value(text, "refservice_fault_dropped_spans_total") >= 4)
     dropped_counter = counter_value(svc.metrics_text(), "refservice_fault_dropped_spans_total")
     assert svc.stop() == 0  # flushes: whatever was going to be exported now is
     exported = {s.trace_id for s in otlp.spans.snapshot()} & set(trace_ids)
@@ -77,7 +78,8 @@ def test_hidden_latency_is_seen_by_the_client_but_not_by_telemetry(start_service
         span_s = otlp.server_span(trace_id).duration_s
         assert span_s < 0.008, "the hidden sleep must stay outside the span"
         assert reply.elapsed_s - span_s >= 0.015
-    after = svc.metrics_text()
+    count = ("GET", "/items/<int:item_id>", "200")
+    after = svc.wait_metrics(lambda t: histogram_counts(t).get(count, 0) >= 5)
     observed = histogram_sum(after, "GET", "/items/<int:item_id>", "200") - histogram_sum(
         before, "GET", "/items/<int:item_id>", "200"
     )
@@ -95,8 +97,9 @@ def test_workers_share_metrics_through_multiprocess_mode(start_service, otlp):
         header, trace_id, _ = new_traceparent()
         svc.request("GET", "/items/8", {"traceparent": header}, keepalive=False)
         trace_ids.append(trace_id)
-    after = histogram_counts(svc.metrics_text())
-    assert delta(before, after) == {("GET", "/items/<int:item_id>", "200"): 12}
+    key = ("GET", "/items/<int:item_id>", "200")
+    after = histogram_counts(svc.wait_metrics(lambda t: histogram_counts(t).get(key, 0) - before.get(key, 0) >= 12))
+    assert delta(before, after) == {key: 12}
     for trace_id in trace_ids:
         otlp.server_span(trace_id)
     assert svc.stop() == 0

@@ -1,0 +1,80 @@
+"""The fan-out call to the inventory service: a CLIENT span with trace context and bizCode."""
+
+from __future__ import annotations
+
+import http.client
+import json
+from typing import Any
+from urllib.parse import urlsplit
+
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from .faults import ActiveFaults
+
+RESERVE_PATH = "/inventory/reserve"
+TIMEOUT_S = 2.0
+
+
+class DownstreamError(Exception):
+    """The inventory service could not be reached or answered with an error."""
+
+
+class InventoryClient:
+    """POSTs reservations to `<OBSCONFORM_DOWNSTREAM_URL>/inventory/reserve`."""
+
+    def __init__(self, base_url: str, tracer: trace.Tracer, faults: ActiveFaults) -> None:
+        parts = urlsplit(base_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"OBSCONFORM_DOWNSTREAM_URL: expected http(s)://host[:port], got {base_url!r}")
+        self._https = parts.scheme == "https"
+        self._host = parts.hostname
+        self._port = parts.port or (443 if self._https else 80)
+        self._path = parts.path.rstrip("/") + RESERVE_PATH
+        self._url = f"{parts.scheme}://{parts.netloc}{self._path}"
+        self._tracer = tracer
+        self._faults = faults
+        self._propagator = TraceContextTextMapPropagator()
+
+    def reserve(self, payload: dict[str, Any], biz_code: str) -> dict[str, Any]:
+        """Reserve stock; raises DownstreamError on any failure. One connection per call."""
+        body = json.dumps(payload).encode()
+        attributes = {
+            "http.request.method": "POST",
+            "server.address": self._host,
+            "server.port": self._port,
+            "url.full": self._url,
+            "biz.code": biz_code,
+        }
+        with self._tracer.start_as_current_span(
+            "POST", kind=SpanKind.CLIENT, attributes=attributes, record_exception=False,
+            set_status_on_exception=False,
+        ) as span:
+            headers = {"Content-Type": "application/json", "X-Biz-Code": biz_code}
+            if not self._faults.break_propagation:
+                self._propagator.inject(headers)  # parent-id = this client span
+            if self._faults.drop_tracestate:
+                headers.pop("tracestate", None)
+            conn_cls = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
+            conn = conn_cls(self._host, self._port, timeout=TIMEOUT_S)
+            try:
+                conn.request("POST", self._path, body=body, headers=headers)
+                resp = conn.getresponse()
+                data = resp.read()
+            except (OSError, http.client.HTTPException) as exc:
+                span.set_attribute("error.type", type(exc).__name__)
+                span.set_status(Status(StatusCode.ERROR, str(exc)))
+                raise DownstreamError(f"inventory unreachable: {exc}") from exc
+            finally:
+                conn.close()
+            span.set_attribute("http.response.status_code", resp.status)
+            if resp.status >= 400:
+                # Client spans: 4xx and 5xx are both errors (OTel HTTP semconv).
+                span.set_attribute("error.type", str(resp.status))
+                span.set_status(Status(StatusCode.ERROR))
+                raise DownstreamError(f"inventory answered {resp.status}")
+        try:
+            return json.loads(data) if data else {}
+        except ValueError as exc:
+            raise DownstreamError("inventory answered non-JSON") from exc
