@@ -22,6 +22,12 @@ START_TIMEOUT_S = 20.0
 ENDED = ("done", "failed", "aborted", "cancelled")
 
 
+def in_netns(name: str) -> list[str]:
+    """Command prefix that enters only the network namespace ``name``. (`ip netns exec` also
+    remounts /sys, which hides tracefs and the cgroup tree the daemon needs.)"""
+    return ["nsenter", f"--net=/run/netns/{name}", "--"]
+
+
 def read_line(proc: subprocess.Popen, timeout_s: float) -> str:
     """The next stdout line of ``proc``, or '' when it exits or the deadline passes."""
     deadline = time.monotonic() + timeout_s
@@ -98,7 +104,7 @@ class Daemons:
         argv = [sys.executable, "-m", "agent.cli", "serve", "--listen", listen, "--reports-dir", str(reports_dir),
                 *(("--token-file", str(token_file)) if with_token else ()), *extra]
         if netns:
-            argv = ["ip", "netns", "exec", netns, *argv]
+            argv = [*in_netns(netns), *argv]
         log = self.tmp / f"daemon-{len(self.started)}.log"
         with open(log, "w") as logf:
             proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=logf, text=True,
@@ -151,7 +157,7 @@ class Target:
 def start_target(netns: str | None = None) -> Target:
     argv = [sys.executable, str(Path(__file__).with_name("tiny_server.py"))]
     if netns:
-        argv = ["ip", "netns", "exec", netns, *argv]
+        argv = [*in_netns(netns), *argv]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
     port = int(read_line(proc, 10) or 0)
     assert port, "tiny target server did not start"
