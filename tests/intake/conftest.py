@@ -86,6 +86,7 @@ class Witness:
     max_in_flight: int = 0
     gate: int = 0
     gate_timeout_s: float = 0.5
+    gate_first: int = 0  # gate only the first N requests (0: all)
     hang: threading.Event | None = None  # when set, requests block until it is set
     # "" keep-alive; "header": answer with Connection: close; "silent": close the
     # connection after the answer without saying so (a keep-alive timeout on the server).
@@ -117,7 +118,10 @@ def _witness_handler(w: Witness) -> type[BaseHTTPRequestHandler]:
                 w.in_flight += 1
                 w.max_in_flight = max(w.max_in_flight, w.in_flight)
                 w.cond.notify_all()
-                if w.gate:
+                if w.gate_first and len(w.requests) <= w.gate_first:
+                    # max_in_flight only grows: no waiter misses the moment the gate opened.
+                    w.cond.wait_for(lambda: w.max_in_flight >= w.gate, timeout=w.gate_timeout_s)
+                elif w.gate and not w.gate_first:
                     w.cond.wait_for(lambda: w.in_flight >= w.gate, timeout=w.gate_timeout_s)
             if w.hang is not None:
                 w.hang.wait(30)

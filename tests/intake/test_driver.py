@@ -59,10 +59,14 @@ def test_concurrency_is_honoured(witness, concurrency):
 )
 def test_connections_reused_or_reopened(witness, keep_alive, close_mode, connections):
     witness.close_mode = close_mode
+    # The first three requests wait for each other: all three workers open a connection
+    # however the scheduler runs them.
+    witness.gate, witness.gate_first, witness.gate_timeout_s = 3, 3, 10
     records = LoadDriver(witness.url, keep_alive=keep_alive).run(load_plan(30, ["/"]), concurrency=3)
     assert [r.error for r in records if r.error] == []
     assert len(witness.requests) == 30
     assert witness.connections == connections
+    assert len({r.conn_id for r in witness.requests}) == connections
     close_headers = {tuple(_header(r, "connection")) for r in witness.requests}
     assert close_headers == ({("close",)} if not keep_alive else {()})
 

@@ -277,14 +277,14 @@ def test_wait_quiet_waits_for_exports_to_stop(receiver, post):
     def trickle() -> None:
         while not stop.is_set():
             post(receiver.endpoint, "/v1/traces", body, PROTOBUF)
-            stop.wait(0.05)  # pacing of a chatty exporter, not synchronisation
+            stop.wait(0.02)  # pacing of a chatty exporter, not synchronisation
 
     t = threading.Thread(target=trickle)
     t.start()
     try:
         t0 = time.monotonic()
-        assert receiver.wait_quiet(quiet_s=0.3, timeout_s=0.6) is False
-        assert 0.6 <= time.monotonic() - t0 < 2.0
+        assert receiver.wait_quiet(quiet_s=0.5, timeout_s=0.8) is False
+        assert 0.8 <= time.monotonic() - t0 < 3.0
     finally:
         stop.set()
         t.join(5)
