@@ -7,8 +7,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from prometheus_client.openmetrics import parser as om_parser
 from prometheus_client import parser as prom_parser
+from prometheus_client.openmetrics import parser as om_parser
 
 PROMETHEUS, OPENMETRICS = "prometheus", "openmetrics"
 OPENMETRICS_TYPE = "application/openmetrics-text"

@@ -13,7 +13,7 @@ from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExport
 from opentelemetry.sdk._logs import LoggerProvider
 from opentelemetry.sdk._logs.export import SimpleLogRecordProcessor
 from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import InMemoryMetricReader, PeriodicExportingMetricReader
+from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
 from opentelemetry.sdk.metrics.view import ExponentialBucketHistogramAggregation, View
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
@@ -91,12 +91,11 @@ def test_exporter_configured_by_standard_env_reaches_the_receiver(receiver, monk
 
 def test_sdk_metrics_arrive_with_values_buckets_and_exemplars(tracing, receiver):
     provider, _ = tracing
-    memory = InMemoryMetricReader()
     otlp = PeriodicExportingMetricReader(
         OTLPMetricExporter(endpoint=f"{receiver.endpoint}/v1/metrics"), export_interval_millis=3_600_000
     )
     meters = MeterProvider(
-        metric_readers=[otlp, memory],
+        metric_readers=[otlp],
         resource=RESOURCE,
         views=[View(instrument_name="payload.size", aggregation=ExponentialBucketHistogramAggregation())],
     )
