@@ -50,6 +50,7 @@ class RunWorker:
         self.cancel_grace_s = cancel_grace_s
         self._wake = threading.Condition()
         self._stopping = threading.Event()
+        self._stop_reason = "the daemon is stopping"
         self._current: str | None = None
         self._thread = threading.Thread(target=self._loop, name="run-worker", daemon=True)
         self._cgroups = runs_base()
@@ -178,7 +179,7 @@ class RunWorker:
 
     def _why_stop(self, run: RunRow, deadline: float, timeout_s: float) -> tuple[str, str] | None:
         if self._stopping.is_set():
-            return "aborted", getattr(self, "_stop_reason", "the daemon is stopping")
+            return "aborted", self._stop_reason
         if time.monotonic() > deadline:
             return "aborted", f"timed out after {timeout_s:g} s"
         row = self.store.get(run.id, since=1 << 30)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import threading
+import time
 
 from tests.daemon.conftest import slow_spec
 
@@ -62,3 +63,29 @@ def test_a_failing_run_says_why_and_the_queue_goes_on(daemons, target):
     assert run["state"] == "failed" and run["exit_code"] == 1
     assert "no such process" in run["reason"], run["reason"]
     assert d.wait(good)["state"] == "done"
+
+
+def test_a_full_queue_refuses_with_429(tmp_path, target):
+    from agent.daemon import Daemon, DaemonConfig
+    from agent.remote import AgentClient
+
+    token_file = tmp_path / "token"
+    token_file.write_text("q" * 32)
+    token_file.chmod(0o600)
+    daemon = Daemon(DaemonConfig(listen="127.0.0.1:0", reports_dir=tmp_path / "r", token_file=token_file,
+                                 max_queued=2))
+    daemon.start()
+    try:
+        client = AgentClient(daemon.url, "q" * 32)
+        running = client.call("POST", "/v1/runs", slow_spec(target, seconds=30), expect=(202,))["id"]
+        deadline = time.monotonic() + 30
+        while client.call("GET", f"/v1/runs/{running}")["state"] != "running":
+            assert time.monotonic() < deadline, "the first run never started"
+            time.sleep(0.05)
+        codes = [client.request("POST", "/v1/runs", target.spec())[0] for _ in range(3)]
+        assert codes == [202, 202, 429]
+        status, body = client.request("POST", "/v1/runs", target.spec())
+        assert status == 429 and "already queued; try again later" in body["error"]
+        client.call("DELETE", f"/v1/runs/{running}", expect=(202,))
+    finally:
+        daemon.stop()

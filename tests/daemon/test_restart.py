@@ -92,3 +92,39 @@ def test_sigkill_mid_run_leaves_no_probe_and_the_run_shows_aborted(daemons):
     assert not (held & attached_program_ids()), "no program of the killed run is still loaded"
     assert not any(alive(p) for p in procs), "the new daemon killed what the old run left (the SUT)"
     assert not cgroup.exists()
+
+
+def held_programs(run_id: str) -> tuple[set[int], list[int]]:
+    """eBPF program ids held by the processes of a run (from its cgroup), and those pids."""
+    from agent.kernel import attached_program_ids
+
+    procs = [int(p) for p in (runs_base() / f"run-{run_id}" / "cgroup.procs").read_text().split()]
+    return set().union(*(attached_program_ids(p) for p in procs)), procs
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("how, state, reason", [
+    ("cancel", "cancelled", "cancelled by request"),
+    ("timeout", "aborted", "timed out after 6 s"),
+    ("sigterm", "aborted", "the daemon received SIGTERM during the run"),
+])
+def test_probes_are_detached_when_a_run_is_stopped(daemons, target, how, state, reason):
+    from agent.kernel import attached_program_ids
+
+    d = daemons.start()
+    spec = slow_spec(target, seconds=60, no_ebpf=False, **({"timeout_s": 6} if how == "timeout" else {}))
+    run_id = d.submit(spec)
+    d.wait(run_id, states=("running",), progress="sending", timeout_s=60)
+    held, procs = held_programs(run_id)
+    assert held, "the run's probes are attached while it runs"
+    if how == "cancel":
+        d.api("POST", f"/v1/runs/{run_id}/cancel")
+    elif how == "sigterm":
+        assert d.stop(signal.SIGTERM) == 0
+        d = daemons.start(reports_dir=d.reports_dir)
+    run = d.wait(run_id, timeout_s=60)
+    assert (run["state"], run["reason"]) == (state, reason)
+    assert not (held & attached_program_ids()), "every program of the run is unloaded"
+    assert not any(alive(p) for p in procs)
+    log = (d.reports_dir / "daemon" / run_id / "run.log").read_text()
+    assert "Traceback" not in log, "the run unwound cleanly (SIGTERM → probes detached, evidence kept)"

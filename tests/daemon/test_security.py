@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
+import socket
 import subprocess
 import sys
 import uuid
@@ -97,13 +97,15 @@ def test_oversize_body_is_refused_with_413_before_it_is_read(shared):
 
 def test_chunked_body_is_refused_with_411(shared):
     parts = urlsplit(shared.url)
-    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
-    conn.request("POST", "/v1/runs", body=iter([b'{"url": "http://x"}']), encode_chunked=True,
-                 headers={"Authorization": f"Bearer {shared.token}", "Transfer-Encoding": "chunked"})
-    resp = conn.getresponse()
-    assert resp.status == 411
-    assert "Content-Length" in json.loads(resp.read())["error"]
-    conn.close()
+    body = b'{"url": "http://x"}'
+    request = (f"POST /v1/runs HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {shared.token}\r\n"
+               f"Transfer-Encoding: chunked\r\n\r\n{len(body):x}\r\n").encode() + body + b"\r\n0\r\n\r\n"
+    with socket.create_connection((parts.hostname, parts.port), timeout=10) as s:
+        s.sendall(request)  # all at once: the refusal cannot race the body
+        resp = http.client.HTTPResponse(s)
+        resp.begin()
+        assert resp.status == 411
+        assert "Content-Length" in json.loads(resp.read())["error"]
 
 
 ESCAPES = [
