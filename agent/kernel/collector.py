@@ -76,10 +76,14 @@ class KernelCollector:
         self._probes = Probes(self.config)
         atexit.register(self.stop)
         self._install_sigterm()
-        self._probes.load()
-        self._probes.bpf["events"].open_ring_buffer(self._on_record)
-        self._thread = threading.Thread(target=self._poll_loop, name="obsconform-kernel", daemon=True)
-        self._thread.start()
+        try:
+            self._probes.load()
+            self._probes.bpf[b"events"].open_ring_buffer(self._on_record)
+            self._thread = threading.Thread(target=self._poll_loop, name="obsconform-kernel", daemon=True)
+            self._thread.start()
+        except BaseException:
+            self.stop()  # `with` does not call __exit__ when __enter__ raises
+            raise
         log.info("eBPF probes attached in %.2fs (compile %.2fs)",
                  self._probes.compile_s + self._probes.attach_s, self._probes.compile_s)
         return self
@@ -135,6 +139,11 @@ class KernelCollector:
         self._require_running()
         self._probes.set_target(tgid, False)
         self._targets.discard(tgid)
+
+    def traced_pids(self) -> set[int]:
+        """The kernel's target set now: added tgids, followed children (and their tids)."""
+        self._require_running()
+        return self._probes.targets()  # map syscalls need no lock
 
     def _require_running(self) -> None:
         if self._probes is None or self._probes.bpf is None:
@@ -224,8 +233,7 @@ class KernelCollector:
         """In-kernel counters, user-space counters and what the probes could not see."""
         kernel = self._final_kernel
         if kernel is None and self._probes is not None and self._probes.bpf is not None:
-            with self._lock:
-                kernel = self._probes.counters()
+            kernel = self._probes.counters()
         out: dict = dict(kernel or {})
         with self._lock:
             out.update({f"user_{k}": v for k, v in self._user.items()})

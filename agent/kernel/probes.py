@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import ctypes
 import json
+import logging
 import os
 import re
 import shutil
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +26,8 @@ from agent.kernel.events import COUNTER_NAMES, CTR_NUM
 BPF_DIR = Path(os.environ.get("OBSCONFORM_BPF_DIR") or Path(__file__).resolve().parents[2] / "bpf")
 PROGRAM_FILE = BPF_DIR / "http_trace.bpf.c"
 HEADER_FILE = BPF_DIR / "http_event.h"
+log = logging.getLogger(__name__)
+
 PROG_PREFIX = "obsc_"  # every program in http_trace.bpf.c is named obsc_*
 
 DEFAULT_CAPTURE_BYTES = 1024
@@ -113,19 +117,27 @@ class ProbeConfig:
         return flags
 
 
-def cgroup_id_level(path: str) -> tuple[int, int]:
-    """cgroup v2 id (the directory's inode) and depth below the root of the hierarchy."""
-    p = Path(path).resolve()
-    root = Path("/sys/fs/cgroup")
+def _cgroup2_mounts() -> list[Path]:
     try:
-        rel = p.relative_to(root)
-        st = p.stat()
-    except (ValueError, OSError) as e:
-        raise ProbeError(f"{path} is not a cgroup v2 directory under {root}; "
-                         "pass a path like /sys/fs/cgroup/system.slice/my.service") from e
-    if not (p / "cgroup.procs").exists():
-        raise ProbeError(f"{path} is not a cgroup v2 directory (no cgroup.procs)")
-    return st.st_ino, len(rel.parts)
+        with open("/proc/self/mounts") as f:
+            return [Path(line.split()[1]) for line in f if line.split()[2:3] == ["cgroup2"]]
+    except OSError:
+        return []
+
+
+def cgroup_id_level(path: str) -> tuple[int, int]:
+    """cgroup v2 id (the directory's inode) and its depth below the cgroup2 mount."""
+    p = Path(path).resolve()
+    for root in _cgroup2_mounts():
+        try:
+            rel = p.relative_to(root)
+        except ValueError:
+            continue
+        if not (p / "cgroup.procs").is_file():
+            break
+        return p.stat().st_ino, len(rel.parts)
+    raise ProbeError(f"{path} is not a cgroup v2 directory; pass a directory under a cgroup2 "
+                     "mount (e.g. /sys/fs/cgroup/system.slice/my.service)")
 
 
 def bpf_source(config: ProbeConfig | None = None) -> str:
@@ -159,10 +171,10 @@ class Probes:
         if os.geteuid() != 0:
             raise ProbeError("eBPF probes need root (or CAP_BPF+CAP_PERFMON+CAP_SYS_RESOURCE): "
                              "run with sudo, or pass --no-ebpf")
+        cflags = self.config.cflags()
         t0 = time.monotonic()
         try:
-            self.bpf = BPF(src_file=str(PROGRAM_FILE).encode(),
-                           cflags=self.config.cflags())
+            self.bpf = BPF(src_file=str(PROGRAM_FILE).encode(), cflags=cflags)
         except Exception as e:
             raise ProbeError(f"cannot compile {PROGRAM_FILE.name} ({str(e).splitlines()[0]}): "
                              "run `make setup` for kernel headers, or pass --no-ebpf") from e
@@ -228,14 +240,23 @@ class Probes:
     def unload(self) -> None:
         """Detach every program and close every fd; safe to call twice."""
         bpf, self.bpf = self.bpf, None
-        if bpf is not None:
-            bpf.cleanup()
+        if bpf is None:
+            return
+        # Each detach waits for an RCU grace period (~80 ms here): overlapping them halves
+        # the time stop() takes. Every call removes its own key of bpf.tracepoint_fds.
+        points = list(bpf.tracepoint_fds)
+        if points:
+            with ThreadPoolExecutor(min(len(points), 32), thread_name_prefix="obsconform-detach") as pool:
+                for point, result in zip(points, pool.map(_try_detach(bpf), points)):
+                    if result is not None:
+                        log.warning("detaching %s failed (%s); cleanup retries it", point.decode(), result)
+        bpf.cleanup()
         self.attached = []
 
     # --- maps -----------------------------------------------------------------------------
 
     def set_target(self, tgid: int, on: bool) -> None:
-        table = self.bpf["targets"]
+        table = self.bpf[b"targets"]
         key = table.Key(tgid)
         if on:
             table[key] = table.Leaf(1)
@@ -246,16 +267,16 @@ class Probes:
                 pass
 
     def targets(self) -> set[int]:
-        return {k.value for k in self.bpf["targets"].keys()}
+        return {k.value for k in self.bpf[b"targets"].keys()}
 
     def counters(self) -> dict[str, int]:
-        table = self.bpf["counters"]
+        table = self.bpf[b"counters"]
         return {COUNTER_NAMES[i]: int(table.sum(table.Key(i)).value) for i in range(CTR_NUM)}
 
     def conn_snapshots(self) -> dict[tuple[int, int], ConnSnapshot]:
         """The connection map: (tgid, fd) -> totals, for connections still open."""
         out = {}
-        for k, v in self.bpf["conns"].items():
+        for k, v in self.bpf[b"conns"].items():
             fd = ctypes.c_int32(k.value & 0xFFFFFFFF).value
             out[(k.value >> 32, fd)] = ConnSnapshot(v.last_read_ns, v.last_write_ns, v.rd_bytes, v.wr_bytes)
         return out
@@ -265,6 +286,16 @@ class Probes:
         if self.bpf is None:
             return set()
         return {i for fn in self.bpf.funcs.values() if (i := _fd_prog_id("self", fn.fd)) is not None}
+
+
+def _try_detach(bpf):
+    def detach(point: bytes) -> Exception | None:
+        try:
+            bpf.detach_tracepoint(point)
+        except Exception as e:  # noqa: BLE001  (reported by the caller, retried by cleanup)
+            return e
+        return None
+    return detach
 
 
 def _fd_prog_id(pid: str, fd: int | str) -> int | None:

@@ -1,0 +1,73 @@
+"""agent/kernel/events.py mirrors bpf/http_event.h: layout as clang lays it out, and constants."""
+
+from __future__ import annotations
+
+import ctypes
+import re
+
+import pytest
+
+from agent.kernel import events
+from agent.kernel.probes import BPF_DIR, HEADER_FILE
+
+# A program that only declares a map of the record: bcc builds the map's value type from
+# clang's own layout of the struct (explicit __pad fields wherever clang pads).
+PROBE_PROGRAM = '#include "http_event.h"\nBPF_ARRAY(layout, struct http_event, 1);\n'
+
+
+def clang_layout() -> tuple[int, dict[str, tuple[int, int]]]:
+    from bcc import BPF
+
+    b = BPF(text=PROBE_PROGRAM.encode(), cflags=[f"-I{BPF_DIR}"])
+    try:
+        leaf = b[b"layout"].Leaf
+        fields = {name: (getattr(leaf, name).offset, getattr(leaf, name).size)
+                  for name, *_ in leaf._fields_ if not name.startswith("__pad")}
+        return ctypes.sizeof(leaf), fields
+    finally:
+        b.cleanup()
+
+
+@pytest.mark.kernel
+def test_ctypes_mirror_matches_the_compiled_header(kernel_ok):
+    size, fields = clang_layout()
+    mirror = {name: (getattr(events.HttpEvent, name).offset, getattr(events.HttpEvent, name).size)
+              for name, _ in events.HttpEvent._fields_}
+    assert mirror == fields
+    assert ctypes.sizeof(events.HttpEvent) == size == events.HEADER_SIZE
+    assert size % 8 == 0, "captured bytes must start 8-byte aligned"
+
+
+def header_defines() -> dict[str, int]:
+    text = HEADER_FILE.read_text()
+    return {m[1]: int(m[2], 0) for m in re.finditer(r"^#define\s+(HTTP_\w+)\s+(0x[0-9a-fA-F]+|\d+)", text, re.M)}
+
+
+def test_every_header_constant_has_the_same_value_in_python():
+    defines = header_defines()
+    assert len(defines) > 30  # the regex really read the header
+    for name, value in defines.items():
+        py = name.removeprefix("HTTP_")
+        assert getattr(events, py) == value, f"{name} = {value} in the header, {getattr(events, py, None)} in events.py"
+
+
+def test_counter_names_cover_every_counter_index():
+    assert sorted(events.COUNTER_NAMES) == list(range(events.CTR_NUM))
+
+
+@pytest.mark.parametrize("cut", [0, events.HEADER_SIZE - 1, events.HEADER_SIZE + 2],
+                         ids=["empty", "short-header", "short-capture"])
+def test_decode_rejects_short_records(cut):
+    head = events.HttpEvent(cap_len=4, kind=events.EV_REQ_START)
+    raw = (bytes(head) + b"GET ")[:cut]
+    with pytest.raises(events.RecordError, match="bytes"):
+        events.decode(raw)
+
+
+def test_decode_reads_header_and_exactly_cap_len_bytes():
+    head = events.HttpEvent(ts_ns=7, tgid=11, tid=12, fd=-1, cap_len=4, cap_off=3,
+                            kind=events.EV_REQ_CONT, role=events.ROLE_CLIENT, flags=events.F_HDR_DONE,
+                            syscall=events.SC_SENDTO, ret=99, wr_bytes=5)
+    ev = events.decode(bytes(head) + b"abcdEXTRA")
+    assert (ev.ts_ns, ev.tgid, ev.tid, ev.fd, ev.cap_off, ev.kind, ev.role, ev.flags, ev.syscall,
+            ev.ret, ev.wr_bytes, ev.data) == (7, 11, 12, -1, 3, 2, 2, 1, 7, 99, 5, b"abcd")
