@@ -40,15 +40,23 @@ def main(argv: list[str] | None = None) -> int:
         own_multiproc_dir = tempfile.mkdtemp(prefix="refservice-prom-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = own_multiproc_dir
 
+    from .errcodes import load_catalogue
     from .faults import ActiveFaults
     from .logs import setup_logging
+    from .outbound import parse_downstream_url
     from .server import RefServiceApplication
 
     log = setup_logging()
+    # Validate here, in the master: a worker that fails to boot only says "Worker failed to boot".
     try:
         faults = ActiveFaults.from_env()
-    except ValueError as exc:
+        load_catalogue()
+        if os.environ.get("OBSCONFORM_DOWNSTREAM_URL", "").strip():
+            parse_downstream_url(os.environ["OBSCONFORM_DOWNSTREAM_URL"].strip())
+    except (ValueError, OSError, KeyError, TypeError) as exc:
         print(f"refservice: {exc}", file=sys.stderr)
+        if own_multiproc_dir:
+            shutil.rmtree(own_multiproc_dir, ignore_errors=True)
         return 2
     log.info(
         "starting",

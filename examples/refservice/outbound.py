@@ -21,13 +21,24 @@ class DownstreamError(Exception):
     """The inventory service could not be reached or answered with an error."""
 
 
+def parse_downstream_url(base_url: str):
+    """urlsplit of OBSCONFORM_DOWNSTREAM_URL; ValueError naming the variable when unusable."""
+    try:
+        parts = urlsplit(base_url)
+        ok = parts.scheme in ("http", "https") and bool(parts.hostname)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ValueError(f"OBSCONFORM_DOWNSTREAM_URL: expected http(s)://host[:port][/prefix], got {base_url!r}")
+    return parts
+
+
 class InventoryClient:
     """POSTs reservations to `<OBSCONFORM_DOWNSTREAM_URL>/inventory/reserve`."""
 
     def __init__(self, base_url: str, tracer: trace.Tracer, faults: ActiveFaults) -> None:
-        parts = urlsplit(base_url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"OBSCONFORM_DOWNSTREAM_URL: expected http(s)://host[:port], got {base_url!r}")
+        parts = parse_downstream_url(base_url)
         self._https = parts.scheme == "https"
         self._host = parts.hostname
         self._port = parts.port or (443 if self._https else 80)
