@@ -99,7 +99,13 @@ def _common_run_options(f):
 @click.option("--pid", type=int, help="Target this running process and its descendants.")
 @click.option("--url", required=True, help="Base URL of the SUT, e.g. http://127.0.0.1:8080.")
 @click.option("--metrics-url", help="The SUT's Prometheus /metrics URL.")
-@click.option("--path", "paths", multiple=True, default=["/"], help="Path to request in the load phase (repeatable).")
+@click.option("--path", "paths", multiple=True,
+              help="Path to GET in the load phase (repeatable; default /) when no --scenario is given.")
+@click.option("--scenario", "scenario_file", type=click.Path(path_type=Path), envvar="OBSCONFORM_SCENARIO",
+              help="Scenario file (JSON or YAML): routes, fan-out routes, catalogue, load mix. See docs/SCENARIO.md.")
+@click.option("--catalog", type=click.Path(path_type=Path), envvar="OBSCONFORM_CATALOG",
+              help="Errcode catalogue file (JSON or YAML); overrides the scenario's catalogue.")
+@click.option("--profile", default="errortrace-0.4", envvar="OBSCONFORM_PROFILE", help="Conformance profile.")
 @click.option("--no-ebpf", is_flag=True, help="Degraded mode: no kernel truth; KT checks are inconclusive.")
 @click.option("--html", type=click.Path(path_type=Path), default=None, help="Also write a self-contained HTML report.")
 @click.option("--agent", "agent_url", envvar="OBSCONFORM_AGENT",
@@ -107,21 +113,29 @@ def _common_run_options(f):
 @click.option("--token-file", type=click.Path(path_type=Path), envvar="OBSCONFORM_TOKEN_FILE",
               help="File holding the remote agent's bearer token (with --agent).")
 @_common_run_options
-def run(exec_cmd, pid, url, metrics_url, paths, no_ebpf, html, agent_url, token_file, requests, concurrency, out_dir,
-        junit, capture_bytes, checks) -> None:
+def run(exec_cmd, pid, url, metrics_url, paths, scenario_file, catalog, profile, no_ebpf, html, agent_url,
+        token_file, requests, concurrency, out_dir, junit, capture_bytes, checks) -> None:
     """Run the conformance checks against a service; exit 0 compliant, 2 non-compliant, 3 inconclusive."""
     from agent.runner import RunConfig, run as do_run
 
+    cfg = RunConfig(url=url, exec_cmd=exec_cmd, pid=pid, metrics_url=metrics_url, paths=list(paths) or None,
+                    requests=requests, concurrency=concurrency, out_dir=out_dir, junit=junit,
+                    capture_bytes=capture_bytes, no_ebpf=no_ebpf, checks=list(checks) or None,
+                    scenario_file=scenario_file, catalog=catalog, profile=profile)
     if agent_url:
         from agent.remote import run_from_cli
 
+        from agent.scenario import PROFILES
+
+        if profile not in PROFILES:
+            raise ObsconformError(f"--profile {profile!r} is not supported; supported: {', '.join(PROFILES)}")
+        # Files are read here, on the client: the agent gets the scenario inline, catalogue included.
+        scenario = cfg.resolved_scenario() if scenario_file or catalog else None
         _finish(run_from_cli(agent_url, token_file, out_dir=out_dir, junit=junit, progress=_progress,
-                             exec_cmd=exec_cmd, pid=pid, url=url, metrics_url=metrics_url, paths=list(paths),
+                             exec_cmd=exec_cmd, pid=pid, url=url, metrics_url=metrics_url,
+                             paths=None if scenario else list(paths), scenario=scenario,
                              no_ebpf=no_ebpf, requests=requests, concurrency=concurrency,
                              capture_bytes=capture_bytes, checks=list(checks)), html)
-    cfg = RunConfig(url=url, exec_cmd=exec_cmd, pid=pid, metrics_url=metrics_url, paths=list(paths),
-                    requests=requests, concurrency=concurrency, out_dir=out_dir, junit=junit,
-                    capture_bytes=capture_bytes, no_ebpf=no_ebpf, checks=list(checks) or None)
     _finish(do_run(cfg, progress=_progress), html)
 
 
@@ -137,12 +151,13 @@ def _free_port() -> int:
 def demo(no_ebpf, requests, concurrency, out_dir, junit, capture_bytes, checks) -> None:
     """Run the bundled reference service end to end and print the report path."""
     from agent.runner import RunConfig, run as do_run
-    from examples.refservice import demo_paths
+    from examples.refservice import SCENARIO_PATH
 
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
+    # The reference service's scenario exercises every phase: fan-out, bizCode, errcodes, load.
     cfg = RunConfig(url=url, exec_cmd=f"{sys.executable} -m examples.refservice --port {port}",
-                    metrics_url=f"{url}/metrics", paths=demo_paths(), requests=requests,
+                    metrics_url=f"{url}/metrics", scenario_file=SCENARIO_PATH, requests=requests,
                     concurrency=concurrency, out_dir=out_dir, junit=junit, capture_bytes=capture_bytes,
                     no_ebpf=no_ebpf, checks=list(checks) or None)
     _finish(do_run(cfg, progress=_progress))

@@ -13,9 +13,11 @@ from pathlib import Path
 from typing import Callable
 
 from agent import __version__
+from agent import scenario as scenario_mod
 from agent.errors import InputError, ObsconformError, ProbeError
 from agent.evidence import EvidenceWriter, RunMeta, load_evidence
 from agent.hostinfo import host_info
+from agent.scenario import DEFAULT_PROFILE, PROFILES
 from agent.sut import LaunchedSut, check_pid, host_port, otel_environment, tcp_open
 
 log = logging.getLogger(__name__)
@@ -31,7 +33,7 @@ class RunConfig:
     exec_cmd: str | None = None
     pid: int | None = None
     metrics_url: str | None = None
-    paths: list[str] = field(default_factory=lambda: ["/"])
+    paths: list[str] | None = None  # default scenario's load paths ("/" when none is given)
     requests: int = 200
     concurrency: int = 4
     out_dir: Path = Path("reports")
@@ -41,7 +43,10 @@ class RunConfig:
     checks: list[str] | None = None
     settle_quiet_s: float = DEFAULT_SETTLE_QUIET_S
     settle_timeout_s: float = DEFAULT_SETTLE_TIMEOUT_S
-    scenario: dict = field(default_factory=dict)
+    scenario: dict = field(default_factory=dict)  # inline scenario (daemon run specs)
+    scenario_file: Path | None = None  # --scenario
+    catalog: Path | None = None  # --catalog: overrides the scenario's catalogue
+    profile: str = DEFAULT_PROFILE
 
     def validate(self) -> None:
         if sum(x is not None for x in (self.exec_cmd, self.pid)) != 1:
@@ -55,8 +60,28 @@ class RunConfig:
             raise InputError("--concurrency must be between 1 and 1024")
         if not 256 <= self.capture_bytes <= 4096:
             raise InputError("--capture-bytes must be between 256 and 4096")
+        if self.profile not in PROFILES:
+            raise InputError(f"--profile {self.profile!r} is not supported; supported: {', '.join(PROFILES)}")
+        given = [n for n, v in (("--scenario", self.scenario_file), ("an inline scenario", self.scenario),
+                                ("--path", self.paths)) if v]
+        if len(given) > 1:
+            raise InputError(f"give only one of {' and '.join(given)} (a scenario's load mix says what to request)")
         if not self.no_ebpf and os.geteuid() != 0:
             raise ProbeError("eBPF probes need root: run with sudo, or pass --no-ebpf for a degraded run")
+
+    def resolved_scenario(self) -> dict:
+        """The validated scenario as stored in RunMeta.scenario (InputError when malformed)."""
+        if self.scenario_file is not None:
+            return scenario_mod.from_file(self.scenario_file, catalog=self.catalog, metrics_url=self.metrics_url)
+        if self.scenario:
+            return scenario_mod.from_inline(self.scenario, catalog=self.catalog, metrics_url=self.metrics_url)
+        return scenario_mod.from_paths(self.paths or ["/"], catalog=self.catalog, metrics_url=self.metrics_url)
+
+    def metrics_url_for(self, scenario: dict) -> str | None:
+        """--metrics-url, else the scenario's metrics_path on --url, else None (no scrapes)."""
+        if self.metrics_url or not scenario["metrics_path"]:
+            return self.metrics_url
+        return self.url.rstrip("/") + scenario["metrics_path"]
 
 
 @dataclass
@@ -85,18 +110,26 @@ Progress = Callable[[str], None]
 def run(cfg: RunConfig, progress: Progress = lambda msg: None) -> RunResult:
     """Run the whole conformance run; always records what it collected and detaches probes."""
     cfg.validate()
+    scenario = cfg.resolved_scenario()
+    metrics_url = cfg.metrics_url_for(scenario)
+    if metrics_url:
+        host_port(metrics_url)
     run_id, run_dir = new_run_dir(cfg.out_dir)
     writer = EvidenceWriter(run_dir)
+    name, _, version = cfg.profile.rpartition("-")
     meta = RunMeta(run_id=run_id, started_at=now_rfc3339(), tool_version=__version__, host=host_info(),
-                   target={"url": cfg.url, "metrics_url": cfg.metrics_url or ""},
+                   target={"url": cfg.url, "metrics_url": metrics_url or ""},
+                   profile={"name": name, "version": version},
                    requests_sent=0, concurrency=cfg.concurrency, ebpf=not cfg.no_ebpf,
-                   capture_bytes=cfg.capture_bytes, scenario=cfg.scenario)
+                   capture_bytes=cfg.capture_bytes, scenario=scenario)
+    if scenario["errcodes_error"]:
+        progress(f"the errcode catalogue does not parse ({scenario['errcodes_error']}); EC-005 will fail")
     if cfg.no_ebpf:
         meta.degraded_reason = "--no-ebpf: kernel truth was not collected"
     writer.meta(meta)
     try:
         with contextlib.ExitStack() as stack:
-            _collect(cfg, meta, writer, stack, progress)
+            _collect(cfg, meta, writer, stack, progress, metrics_url)
     finally:
         meta.finished_at = now_rfc3339()
         writer.meta(meta)
@@ -105,12 +138,41 @@ def run(cfg: RunConfig, progress: Progress = lambda msg: None) -> RunResult:
     return judge(run_dir, cfg.out_dir, junit=cfg.junit, checks=cfg.checks)
 
 
+def _start_probes(cfg: RunConfig, meta: RunMeta, writer: EvidenceWriter, stack: contextlib.ExitStack,
+                  progress: Progress):
+    """The KernelCollector, or None in degraded mode (--no-ebpf, or probes failed to load as root)."""
+    if cfg.no_ebpf:
+        return None
+    from agent.kernel import KernelCollector
+
+    progress("compiling and attaching eBPF probes")
+    t0 = time.monotonic()
+    collector = KernelCollector(writer, capture_bytes=cfg.capture_bytes)
+    stack.callback(collector.stop)  # registered before start: detached on every path
+    try:
+        collector.start()
+    except ProbeError as e:
+        # Root, yet this kernel will not load the probes (no BPF, no tracefs, a container):
+        # SPEC §3 degraded mode: carry on without kernel truth, and say so loudly.
+        meta.ebpf = False
+        meta.degraded_reason = f"eBPF probes could not be loaded ({e}); kernel truth was not collected"
+        meta.extra["probe_error"] = str(e)
+        log.warning("DEGRADED MODE: %s", meta.degraded_reason)
+        progress(f"DEGRADED MODE, no kernel truth: {meta.degraded_reason}")
+        writer.meta(meta)
+        return None
+    meta.extra["probe_attach_s"] = round(time.monotonic() - t0, 3)
+    return collector
+
+
 def _collect(cfg: RunConfig, meta: RunMeta, writer: EvidenceWriter, stack: contextlib.ExitStack,
-             progress: Progress) -> None:
+             progress: Progress, metrics_url: str | None) -> None:
     from agent.downstream import DownstreamSink
-    from agent.driver import LoadDriver, load_plan
+    from agent.driver import LoadDriver
     from agent.otlp import OtlpReceiver
     from agent.otlp_decode import json_log_line
+    from agent.phaserun import health_probe, run_phases
+    from agent.phases import plan as plan_phases
     from agent.scrape import Scraper
 
     host, port = host_port(cfg.url)
@@ -121,16 +183,7 @@ def _collect(cfg: RunConfig, meta: RunMeta, writer: EvidenceWriter, stack: conte
     sink.start()
     stack.callback(sink.stop)
 
-    collector = None
-    if not cfg.no_ebpf:
-        from agent.kernel import KernelCollector
-
-        progress("compiling and attaching eBPF probes")
-        t0 = time.monotonic()
-        collector = KernelCollector(writer, capture_bytes=cfg.capture_bytes)
-        stack.callback(collector.stop)  # registered before start: detached on every path
-        collector.start()
-        meta.extra["probe_attach_s"] = round(time.monotonic() - t0, 3)
+    collector = _start_probes(cfg, meta, writer, stack, progress)
 
     sut = None
     if cfg.exec_cmd:
@@ -156,17 +209,22 @@ def _collect(cfg: RunConfig, meta: RunMeta, writer: EvidenceWriter, stack: conte
         if not tcp_open(host, port):
             raise ObsconformError(f"nothing answers on {host}:{port}; check --url and that the SUT is running")
 
-    scraper = Scraper(cfg.metrics_url, writer) if cfg.metrics_url else None
-    if scraper:
-        before = scraper.scrape("before", openmetrics=False)
-        if before.error:
-            raise ObsconformError(f"cannot scrape {cfg.metrics_url}: {before.error}; check --metrics-url")
-        scraper.scrape("before", openmetrics=True)
+    scenario = meta.scenario
+    if scenario["health_path"]:
+        meta.extra["health"] = health = health_probe(cfg.url, scenario["health_path"])
+        if health["status"] is None or not 200 <= health["status"] < 300:
+            meta.notes.append(f"health probe GET {health['path']} answered "
+                              f"{health['status'] or health['error']}")
 
-    plan = load_plan(cfg.requests, cfg.paths, phase="load")
-    progress(f"sending {cfg.requests} requests at concurrency {cfg.concurrency}")
+    plan = plan_phases(scenario, requests=cfg.requests, concurrency=cfg.concurrency)
+    meta.notes += plan.notes
+    sizes: dict[str, int] = {}
+    for p in plan.phases:
+        sizes[p.name] = sizes.get(p.name, 0) + len(p.requests)
+    meta.extra["phases"] = sizes
+    scraper = Scraper(metrics_url, writer) if metrics_url else None
     driver = LoadDriver(cfg.url, writer)
-    records = driver.run(plan, cfg.concurrency)
+    records = run_phases(plan, driver, scraper, progress)
     meta.requests_sent = len(records)
     failed = sum(1 for r in records if r.status is None)
     if failed == len(records):
@@ -174,10 +232,6 @@ def _collect(cfg: RunConfig, meta: RunMeta, writer: EvidenceWriter, stack: conte
                               f"{records[0].error}")
     if sut is not None and sut.exited() is not None:
         raise ObsconformError(f"the SUT exited with code {sut.exited()} during the run; see sut.log")
-
-    if scraper:
-        scraper.scrape("after", openmetrics=False)
-        scraper.scrape("after", openmetrics=True)
 
     progress("settling: waiting for telemetry to stop changing")
     t0 = time.monotonic()
