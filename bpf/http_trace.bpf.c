@@ -56,6 +56,7 @@
 #define SHAPE_IOV 1  /* ptr is a struct iovec array: the first iovec is looked at */
 #define SHAPE_MSG 2  /* ptr is a struct msghdr: its first iovec is looked at */
 #define SHAPE_NONE 3 /* sendfile: bytes are counted, never seen */
+#define SHAPE_CONNECT 4 /* connect: only the fd matters */
 
 #define PHASE_IDLE 0 /* waiting for a request line (or body bytes being counted) */
 #define PHASE_HDR 1  /* request header block still being captured */
@@ -358,8 +359,9 @@ int obsc_en_sendfile(struct tracepoint__syscalls__sys_enter_sendfile64 *args)
 #endif
 
 /* Request-side bytes: a new request line starts a capture; while the header block is
- * incomplete, following syscalls continue it until the budget is used. */
-static __always_inline u32 capture_request(struct scratch_t *s, struct conn_state *c,
+ * incomplete, following syscalls continue it until the budget is used. Returns the bytes
+ * captured, or -1 when the syscall carries no request bytes worth a record. */
+static __always_inline int capture_request(struct scratch_t *s, struct conn_state *c,
                                            u64 ptr, u64 avail, u64 head, u32 hn)
 {
     u32 budget;
@@ -369,7 +371,7 @@ static __always_inline u32 capture_request(struct scratch_t *s, struct conn_stat
         budget = CAPTURE_BYTES - c->cap_used;
     } else {
         if (!is_request_line(head, hn))
-            return 0;
+            return -1;
         s->ev.kind = HTTP_EV_REQ_START;
         c->cap_used = 0;
         c->hdr_tail = 0;
@@ -394,7 +396,7 @@ static __always_inline u32 capture_request(struct scratch_t *s, struct conn_stat
     } else {
         c->phase = PHASE_HDR;
     }
-    return n + 1; /* 0 means "no record" */
+    return n;
 }
 
 int obsc_ex_io(struct sys_exit_args *args)
@@ -415,6 +417,8 @@ int obsc_ex_io(struct sys_exit_args *args)
     struct conn_state *c = conns.lookup(&key);
     int is_read = a.dir == DIR_READ;
 
+    if (a.shape == SHAPE_CONNECT)
+        return 0;
     if (a.shape == SHAPE_NONE) {
         if (c) {
             c->wr_bytes += ret;
@@ -471,9 +475,9 @@ int obsc_ex_io(struct sys_exit_args *args)
 
     int request_side = (c->role == HTTP_ROLE_SERVER) == is_read;
     if (request_side) {
-        u32 n = capture_request(s, c, ptr, avail, head, hn);
-        if (n)
-            emit(s, n - 1);
+        int n = capture_request(s, c, ptr, avail, head, hn);
+        if (n >= 0)
+            emit(s, n);
         return 0;
     }
     if (!is_status_line(head, hn))
@@ -519,7 +523,7 @@ int obsc_en_connect(struct tracepoint__syscalls__sys_enter_connect *args)
     bpf_probe_read_user(&family, sizeof(family), (void *)args->uservaddr);
     if (family != 1 /* AF_UNIX */ && family != 2 /* AF_INET */ && family != 10 /* AF_INET6 */)
         return 0;
-    struct io_args a = {.fd = args->fd, .shape = SHAPE_NONE};
+    struct io_args a = {.fd = args->fd, .shape = SHAPE_CONNECT};
     if (io_args.update(&id, &a))
         count(HTTP_CTR_IO_MAP_FULL);
     return 0;
@@ -532,7 +536,10 @@ int obsc_ex_connect(struct sys_exit_args *args)
     if (!ap)
         return 0;
     s32 fd = ap->fd;
+    int is_connect = ap->shape == SHAPE_CONNECT;
     io_args.delete(&id);
+    if (!is_connect)
+        return 0;
     if (args->ret == 0 || args->ret == -ERR_EINPROGRESS)
         track_conn(id >> 32, fd, HTTP_ROLE_CLIENT, bpf_ktime_get_ns());
     return 0;
@@ -586,6 +593,9 @@ int obsc_exit(struct tracepoint__sched__sched_process_exit *args)
 {
     u64 id = bpf_get_current_pid_tgid();
     u32 tgid = id >> 32, tid = (u32)id;
+    if (!is_target(tgid))
+        return 0;
+    io_args.delete(&id); /* a thread that dies inside a syscall never reaches its exit */
     if (tid != tgid)
         targets.delete(&tid);
 #ifdef HAVE_GROUP_DEAD

@@ -23,7 +23,8 @@ log = logging.getLogger(__name__)
 
 POLL_MS = 20  # longest a record waits in the ring when no wake-up comes
 # Counters that mean the agent lost sight of something: any of them makes KT inconclusive.
-LOSS_KEYS = ("ring_drops", "map_full", "io_map_full", "targets_full", "bad_records")
+LOSS_KEYS = ("ring_drops", "truncated_captures", "map_full", "io_map_full", "targets_full", "bad_records",
+             "callback_errors")
 BLIND_SPOTS = ["TLS payloads", "HTTP/2 and gRPC", "sendfile bodies",
                "iovecs after the first in readv/writev/sendmsg/recvmsg"]
 
@@ -205,10 +206,10 @@ class KernelCollector:
         if self._final is not None:
             return self._final
         self._require_running()
-        self.drain(timeout_s=5.0)
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
+        self.drain(timeout_s=5.0)
         with self._lock:
             snapshots = self._probes.conn_snapshots()
             self._assembler.finish_open(snapshots)
@@ -238,8 +239,11 @@ class KernelCollector:
         with self._lock:
             out.update({f"user_{k}": v for k, v in self._user.items()})
             out["bad_records"] = self._user["bad_records"]
+            out["callback_errors"] = self._user["callback_errors"]
             out["assembler"] = dict(self._assembler.stats)
         out["loss"] = sum(out.get(k, 0) for k in LOSS_KEYS)
+        if "records" in out:  # written after the last drain (after finish): not part of the run
+            out["records_not_consumed"] = out["records"] - out.get("user_received", 0)
         out["capture_bytes"] = self.config.capture_bytes
         out["targets"] = sorted(self._targets)
         if self._probes is not None:

@@ -7,6 +7,9 @@ import os
 import platform
 import signal
 import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -14,6 +17,7 @@ from agent.tracecontext import new_traceparent
 from tests.kernel.conftest import kernel_requests, send_load, wait_for, wait_requests
 
 pytestmark = pytest.mark.kernel
+IO_SCRIPT = Path(__file__).with_name("io_exchange.py")
 
 
 def counter_delta(kc, before: dict, key: str) -> int:
@@ -249,3 +253,23 @@ def test_a_child_forked_after_attach_is_followed_until_it_exits(collector, start
     wait_for(lambda: child not in collector.traced_pids(), what="the exited child to leave the target set")
     assert parent.pid in collector.traced_pids()
     collector.remove_target(parent.pid)
+
+
+@pytest.mark.parametrize("family", ["rw", "vec", "msg", "sock", "sendfile"],
+                         ids=["read-write", "readv-writev", "recvmsg-sendmsg", "recv-send", "sendfile"])
+def test_every_syscall_family_yields_both_sides_with_exact_byte_counts(collector, family):
+    tp = str(new_traceparent())
+    proc = subprocess.Popen([sys.executable, str(IO_SCRIPT), family, tp], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    collector.add_target(proc.pid)
+    before = collector.stats()
+    out, _ = proc.communicate("go\n", timeout=20)
+    assert proc.returncode == 0, out
+    req_len, resp_len = map(int, out.split())
+    [server] = wait_requests(collector, proc.pid, 1)
+    [client] = wait_requests(collector, proc.pid, 1, direction="client")
+    for k in (server, client):
+        assert (k.method, k.target, k.status, k.header("traceparent")) == ("POST", f"/io/{family}", 200, tp)
+        assert (k.req_bytes, k.resp_bytes, k.headers_complete) == (req_len, resp_len, True), k
+    assert counter_delta(collector, before, "classified_by_content") == 0, "seen at accept/connect"
+    assert counter_delta(collector, before, "sendfile_calls") == (1 if family == "sendfile" else 0)
