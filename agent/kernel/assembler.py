@@ -44,9 +44,10 @@ class ConnSnapshot:
     last_write_ns: int
     rd_bytes: int
     wr_bytes: int
+    conn_ns: int = 0  # which connection of the fd; 0 when unknown
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)  # compared by identity
 class _Req:
     id: str
     conn: str
@@ -163,11 +164,11 @@ def parse_requests(data: bytes) -> tuple[list[dict], bool]:
         pass  # CONNECT / Upgrade: what follows is not HTTP/1.x
     except httptools.HttpParserError:
         failed = True
-    for m in p.msgs:
-        if not m["version"]:
-            first = data.split(b"\r\n", 1)[0].split(b" ")
-            if len(first) == 3 and first[2].startswith(b"HTTP/") and b"\n" in data:
-                m["version"] = first[2][5:].decode("latin-1")
+    if p.msgs and not p.msgs[0]["version"] and b"\r\n" in data:
+        # headers cut short: the version still comes from a complete request line
+        first = data.split(b"\r\n", 1)[0].split(b" ")
+        if len(first) == 3 and first[2].startswith(b"HTTP/"):
+            p.msgs[0]["version"] = first[2][5:].decode("latin-1")
     return [m for m in p.msgs if m["method"]], failed
 
 
@@ -221,7 +222,11 @@ class Assembler:
     def feed(self, ev: Event) -> None:
         self.stats["records"] += 1
         conn = self._conn_for(ev)
-        if conn is None or conn.ignored:
+        if conn is None:
+            return
+        if conn.ignored:
+            if ev.kind == EV_CLOSE:
+                del self._conns[(ev.tgid, ev.fd)]
             return
         if ev.kind == EV_REQ_START:
             self._request_start(conn, ev)
@@ -390,7 +395,9 @@ class Assembler:
         """End collection: still-open connections end at the totals in ``snapshots`` (the
         kernel map) or, if absent, at the last record; unanswered requests stay open."""
         for key, conn in list(self._conns.items()):
-            state = snapshots.get(key, conn.after)
+            state = snapshots.get(key)
+            if state is None or state.conn_ns not in (0, conn.conn_ns):  # gone, or fd reused
+                state = conn.after
             self._flush_capture(conn)
             self._close_chunk(conn, conn.req_total(state))
             self._finish_response(conn, *conn.resp_side(state))

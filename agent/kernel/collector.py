@@ -25,8 +25,14 @@ POLL_MS = 20  # longest a record waits in the ring when no wake-up comes
 # Counters that mean the agent lost sight of something: any of them makes KT inconclusive.
 LOSS_KEYS = ("ring_drops", "truncated_captures", "map_full", "io_map_full", "targets_full", "bad_records",
              "callback_errors")
-BLIND_SPOTS = ["TLS payloads", "HTTP/2 and gRPC", "sendfile bodies",
-               "iovecs after the first in readv/writev/sendmsg/recvmsg"]
+# What the probes cannot see, reported with every run (SPEC §3: blind spots are not hidden).
+BLIND_SPOTS = [
+    "TLS payloads", "HTTP/2 and gRPC", "sendfile bodies",
+    "iovecs after the first in readv/writev/sendmsg/recvmsg",
+    "a syscall already in progress when its process became a target (e.g. the next request "
+    "on a keep-alive connection idle at that moment: counted as orphan_responses)",
+    "a request line split over two reads",
+]
 
 
 def _is_socket(tgid: int, fd: int) -> bool | None:
@@ -231,7 +237,12 @@ class KernelCollector:
     # --- reporting --------------------------------------------------------------------------
 
     def stats(self) -> dict:
-        """In-kernel counters, user-space counters and what the probes could not see."""
+        """Counters for RunMeta.kernel_stats: in-kernel (records, ring_drops,
+        truncated_captures, map_full, io_map_full, targets_full, children_followed,
+        classified_by_content, sendfile_calls, wakeups), user-space (user_received,
+        bad_records, callback_errors), the assembler's (request_starts, orphan_responses,
+        aborted, ...), ``loss`` (the sum of LOSS_KEYS: non-zero makes KT inconclusive),
+        compile/attach times, missing tracepoints and blind spots."""
         kernel = self._final_kernel
         if kernel is None and self._probes is not None and self._probes.bpf is not None:
             kernel = self._probes.counters()

@@ -23,11 +23,11 @@ from agent.errors import ProbeError
 from agent.kernel.assembler import ConnSnapshot
 from agent.kernel.events import COUNTER_NAMES, CTR_NUM
 
+log = logging.getLogger(__name__)
+
 BPF_DIR = Path(os.environ.get("OBSCONFORM_BPF_DIR") or Path(__file__).resolve().parents[2] / "bpf")
 PROGRAM_FILE = BPF_DIR / "http_trace.bpf.c"
 HEADER_FILE = BPF_DIR / "http_event.h"
-log = logging.getLogger(__name__)
-
 PROG_PREFIX = "obsc_"  # every program in http_trace.bpf.c is named obsc_*
 
 DEFAULT_CAPTURE_BYTES = 1024
@@ -162,7 +162,6 @@ class Probes:
 
     def load(self) -> None:
         """Compile and attach; raises ProbeError with what to do on failure."""
-        plan = self._plan()
         try:
             from bcc import BPF
         except ImportError as e:
@@ -171,6 +170,7 @@ class Probes:
         if os.geteuid() != 0:
             raise ProbeError("eBPF probes need root (or CAP_BPF+CAP_PERFMON+CAP_SYS_RESOURCE): "
                              "run with sudo, or pass --no-ebpf")
+        plan = self._plan()
         cflags = self.config.cflags()
         t0 = time.monotonic()
         try:
@@ -278,7 +278,8 @@ class Probes:
         out = {}
         for k, v in self.bpf[b"conns"].items():
             fd = ctypes.c_int32(k.value & 0xFFFFFFFF).value
-            out[(k.value >> 32, fd)] = ConnSnapshot(v.last_read_ns, v.last_write_ns, v.rd_bytes, v.wr_bytes)
+            out[(k.value >> 32, fd)] = ConnSnapshot(v.last_read_ns, v.last_write_ns, v.rd_bytes, v.wr_bytes,
+                                                    v.conn_ns)
         return out
 
     def program_ids(self) -> set[int]:

@@ -64,7 +64,7 @@ class Wire:
         self.asm.feed(self._event(EV_CLOSE, 10, 0))
 
     def snapshot(self) -> ConnSnapshot:
-        return ConnSnapshot(self.last_rd, self.last_wr, self.rd, self.wr)
+        return ConnSnapshot(self.last_rd, self.last_wr, self.rd, self.wr, self.conn_ns)
 
 
 def req(path: str, tp: str = "", extra: str = "") -> bytes:
