@@ -267,6 +267,11 @@ class KernelCollector:
     def clock_info(self) -> dict:
         return self._clock.info() if self._clock else {}
 
+    @property
+    def attached(self) -> list[tuple[str, str]]:
+        """(program, tracepoint) pairs attached now."""
+        return list(self._probes.attached) if self._probes else []
+
     def probe_program_ids(self) -> set[int]:
         """Kernel ids of this collector's programs while attached (empty once stopped)."""
         if self._probes is None:

@@ -34,7 +34,6 @@ DEFAULT_CAPTURE_BYTES = 1024
 CAPTURE_RANGE = (256, 4096)
 DEFAULT_RINGBUF_PAGES = 1024  # 4 MiB
 DEFAULT_MAP_ENTRIES = 65536
-TRACEFS_DIRS = (Path("/sys/kernel/tracing"), Path("/sys/kernel/debug/tracing"))
 
 # Syscall families: (name, its enter program, -D flag that compiles it out when absent).
 # Every family's sys_exit goes to obsc_ex_io except accept and connect.
@@ -49,17 +48,6 @@ _IO_FAMILIES = [
     ("sendmsg", "obsc_en_sendmsg", "OBSC_NO_SENDMSG"),
     ("sendfile64", "obsc_en_sendfile", "OBSC_NO_SENDFILE"),
 ]
-
-
-def _tracefs() -> Path | None:
-    for d in TRACEFS_DIRS:
-        if (d / "events").is_dir():
-            return d
-    return None
-
-
-def _tp_exists(tracefs: Path, category: str, event: str) -> bool:
-    return (tracefs / "events" / category / event).is_dir()
 
 
 _EXIT_RET = re.compile(r"field:long ret;\s*offset:16;\s*size:8;")
@@ -167,10 +155,10 @@ class Probes:
         except ImportError as e:
             raise ProbeError("bcc is not importable: install python3-bpfcc (`make setup`) and use a "
                              "venv made with --system-site-packages, or pass --no-ebpf") from e
-        if os.geteuid() != 0:
+        if not _may_load_bpf():
             raise ProbeError("eBPF probes need root (or CAP_BPF+CAP_PERFMON+CAP_SYS_RESOURCE): "
                              "run with sudo, or pass --no-ebpf")
-        plan = self._plan()
+        plan = self._plan(BPF)
         cflags = self.config.cflags()
         t0 = time.monotonic()
         try:
@@ -190,15 +178,17 @@ class Probes:
                              "tracefs is mounted and BPF is allowed here, or pass --no-ebpf") from e
         self.attach_s = time.monotonic() - t0
 
-    def _plan(self) -> list[tuple[str, str]]:
+    def _plan(self, BPF) -> list[tuple[str, str]]:  # noqa: N803  (the bcc class)
         """Programs and the tracepoints to attach them to, from what this kernel has."""
-        tracefs = _tracefs()
-        if tracefs is None:
+        import bcc
+
+        tracefs = Path(bcc.TRACEFS)  # where bcc attaches, so detection and attach agree
+        if not (tracefs / "events").is_dir():
             raise ProbeError("tracefs is not mounted: `mount -t tracefs tracefs /sys/kernel/tracing` "
                              "(or run `make setup`), or pass --no-ebpf")
 
         def has_syscall(name: str) -> bool:
-            ok = all(_tp_exists(tracefs, "syscalls", f"sys_{d}_{name}") for d in ("enter", "exit"))
+            ok = all(BPF.tracepoint_exists("syscalls", f"sys_{d}_{name}") for d in ("enter", "exit"))
             if ok and not _exit_layout_ok(tracefs, name):
                 raise ProbeError(f"syscalls:sys_exit_{name} has an unexpected record layout (ret not a "
                                  "long at offset 16); this kernel is not supported, pass --no-ebpf")
@@ -228,7 +218,7 @@ class Probes:
             self.config.absent.append("OBSC_NO_CONNECT")
         for event, fn, flag in (("sched_process_fork", "obsc_fork", "OBSC_NO_FORK"),
                                 ("sched_process_exit", "obsc_exit", "OBSC_NO_EXIT")):
-            if _tp_exists(tracefs, "sched", event):
+            if BPF.tracepoint_exists("sched", event):
                 plan.append((fn, f"sched:{event}"))
             else:
                 self.missing.append(f"sched:{event}")
@@ -287,6 +277,19 @@ class Probes:
         if self.bpf is None:
             return set()
         return {i for fn in self.bpf.funcs.values() if (i := _fd_prog_id("self", fn.fd)) is not None}
+
+
+def _may_load_bpf() -> bool:
+    """root, or CAP_SYS_ADMIN, or CAP_BPF with CAP_PERFMON in the effective set."""
+    if os.geteuid() == 0:
+        return True
+    try:
+        with open("/proc/self/status") as f:
+            caps = next(int(line.split()[1], 16) for line in f if line.startswith("CapEff:"))
+    except (OSError, StopIteration, ValueError):
+        return False
+    has = lambda bit: bool(caps >> bit & 1)  # noqa: E731
+    return has(21) or (has(39) and has(38))  # CAP_SYS_ADMIN; CAP_BPF + CAP_PERFMON
 
 
 def _try_detach(bpf):

@@ -144,3 +144,48 @@ def test_print_bpf_shows_the_program_and_its_flags():
     assert "-DCAPTURE_BYTES=512" in text
     assert "struct http_event {" in text and "int obsc_ex_io(" in text
     json.dumps(text)  # plain text the CLI can print
+
+
+def test_an_unprivileged_user_gets_a_one_line_error_that_says_what_to_do(kernel_ok):
+    script = ("from agent.kernel import KernelCollector\n"
+              "from agent.errors import ProbeError\n"
+              "try:\n    KernelCollector().start()\n"
+              "except ProbeError as e:\n    print(e)\n")
+    r = subprocess.run([sys.executable, "-c", script], user="nobody", cwd=REPO, capture_output=True,
+                       text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("\n") == 1
+    assert "need root" in r.stdout and "--no-ebpf" in r.stdout
+
+
+def hide_tracepoints(monkeypatch, *hidden: str) -> None:
+    """Make feature detection report these syscalls' tracepoints as absent."""
+    from bcc import BPF
+
+    real = BPF.tracepoint_exists
+    monkeypatch.setattr(BPF, "tracepoint_exists", staticmethod(
+        lambda cat, ev: not any(ev.endswith(f"_{h}") for h in hidden) and real(cat, ev)))
+
+
+def test_a_missing_optional_tracepoint_is_compiled_out_and_reported(kernel_ok, monkeypatch):
+    hide_tracepoints(monkeypatch, "sendmsg")
+    tp = str(new_traceparent())
+    with KernelCollector(poll_ms=10) as kc:
+        assert "syscalls:sys_*_sendmsg" in kc.stats()["missing_tracepoints"]
+        assert "syscalls:sys_enter_sendmsg" not in {tp for _, tp in kc.attached}
+        assert "syscalls:sys_enter_recvmsg" in {tp for _, tp in kc.attached}
+        proc = subprocess.Popen([sys.executable, str(REPO / "tests/kernel/io_exchange.py"), "msg", tp],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        kc.add_target(proc.pid)
+        proc.communicate("go\n", timeout=20)
+        got = kc.finish()
+    # recvmsg is still traced: the server side sees the request; sendmsg is not, so the
+    # client side (request written by sendmsg) is a blind spot
+    assert [(r.direction, r.target) for r in got] == [("server", "/io/msg")]
+    assert got[0].status is None, "the response went out by sendmsg: not seen"
+
+
+def test_a_missing_required_tracepoint_is_a_probe_error(kernel_ok, monkeypatch):
+    hide_tracepoints(monkeypatch, "read")
+    with pytest.raises(ProbeError, match="no syscalls:sys_enter/exit_read tracepoints.*--no-ebpf"):
+        KernelCollector().start()
