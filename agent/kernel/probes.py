@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 BPF_DIR = Path(os.environ.get("OBSCONFORM_BPF_DIR") or Path(__file__).resolve().parents[2] / "bpf")
 PROGRAM_FILE = BPF_DIR / "http_trace.bpf.c"
 HEADER_FILE = BPF_DIR / "http_event.h"
+SOURCE_FILES = (HEADER_FILE, BPF_DIR / "http_bytes.h", PROGRAM_FILE)  # in reading order
 PROG_PREFIX = "obsc_"  # every program in http_trace.bpf.c is named obsc_*
 
 DEFAULT_CAPTURE_BYTES = 1024
@@ -132,9 +133,9 @@ def bpf_source(config: ProbeConfig | None = None) -> str:
     """The C the probes are built from (header + program) and the flags, for --print-bpf."""
     config = config or ProbeConfig()
     flags = " ".join(config.cflags())
-    return (f"/* obsconform eBPF program, compiled by bcc with: {flags} */\n\n"
-            f"/* ---- {HEADER_FILE.name} ---- */\n{HEADER_FILE.read_text()}\n"
-            f"/* ---- {PROGRAM_FILE.name} ---- */\n{PROGRAM_FILE.read_text()}")
+    parts = [f"/* obsconform eBPF program, compiled by bcc with: {flags} */\n"]
+    parts += [f"/* ---- {f.name} ---- */\n{f.read_text()}" for f in SOURCE_FILES]
+    return "\n".join(parts)
 
 
 class Probes:
