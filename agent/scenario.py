@@ -71,9 +71,10 @@ def _message(error) -> str:
     allowed = error.schema.get("allowed") if isinstance(error.schema, dict) else None
     if "propertyNames" in error.schema_path:  # the instance is the offending key itself
         return f"{_field(where + [error.instance])}: not allowed as a key; must be {allowed or 'a valid name'}"
-    if error.validator in ("maxItems", "maxProperties", "maxLength"):
-        return f"{_field(where)}: {error.message}"
-    return f"{_field(where)}: must be {allowed}" if allowed else f"{_field(where)}: {error.message}"
+    if error.validator in ("maxItems", "maxProperties", "maxLength"):  # (the message quotes the value)
+        unit = "characters" if error.validator == "maxLength" else "entries"
+        return f"{_field(where)}: at most {error.validator_value} {unit}"
+    return f"{_field(where)}: must be {allowed}" if allowed else f"{_field(where)}: {error.message[:200]}"
 
 
 def validate(data: Any, label: str) -> None:

@@ -166,3 +166,15 @@ def test_conflicting_or_unknown_options_exit_1(tmp_path, args, fragment):
     r = cli("run", "--no-ebpf", "--pid", str(os.getpid()), "--url", "http://127.0.0.1:9",
             "--out", str(tmp_path / "out"), *args)
     assert r.returncode == 1 and fragment in r.stderr, r.stderr
+
+
+def test_a_resolved_scenario_travels_inline_in_a_daemon_run_spec(tmp_path):
+    # `run --agent --scenario F` sends the resolved scenario; the daemon resolves it unchanged.
+    from agent.daemon.spec import run_config, validate
+
+    resolved = S.from_file(SCENARIO_PATH)
+    spec = validate(json.loads(json.dumps({"url": "http://127.0.0.1:9", "pid": 1, "scenario": resolved})),
+                    allow_exec=False)
+    cfg = run_config(spec, tmp_path)
+    assert cfg.resolved_scenario() == resolved
+    assert cfg.metrics_url_for(resolved) == "http://127.0.0.1:9/metrics"
