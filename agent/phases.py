@@ -87,9 +87,15 @@ def encode_body(body: Any, headers: dict[str, str]) -> tuple[bytes | None, dict[
     return json.dumps(body, separators=(",", ":")).encode(), headers
 
 
-def _request(entry: dict, phase: str, case: str, extra: dict[str, str | list[str]]) -> PlannedRequest:
-    """``entry`` (a load request) with ``extra`` headers replacing any of the same name."""
-    drop = {k.lower() for k in extra}
+# The phases own the trace context: a load request's own values are not sent along.
+TRACE_HEADERS = ("traceparent", "tracestate")
+
+
+def _request(entry: dict, phase: str, case: str, extra: dict[str, str | list[str]],
+             strip: tuple[str, ...] = TRACE_HEADERS) -> PlannedRequest:
+    """``entry`` (a load request) without its ``strip`` headers, plus ``extra`` (replacing
+    any header of the same name)."""
+    drop = {k.lower() for k in (*extra, *strip)}
     headers = {k: str(v) for k, v in (entry.get("headers") or {}).items() if k.lower() not in drop}
     body, headers = encode_body(entry.get("body"), headers)
     return PlannedRequest(entry.get("method") or "GET", entry["path"], {**headers, **extra}, body,
@@ -141,7 +147,7 @@ def plan_bc(scenario: dict) -> list[PlannedRequest]:
             extra: dict[str, str | list[str]] = {"traceparent": str(new_traceparent())}
             if value is not None:
                 extra[header] = value
-            out.append(_request(target, "bc", case, extra))
+            out.append(_request(target, "bc", case, extra, (*TRACE_HEADERS, header)))
     return out
 
 
@@ -155,7 +161,7 @@ def plan_bc_concurrent(scenario: dict, n: int = BC_CONCURRENT_REQUESTS) -> list[
         extra: dict[str, str | list[str]] = {"traceparent": str(new_traceparent())}
         if i % BC_NO_CODE_EVERY != BC_NO_CODE_EVERY - 1:
             extra[header] = f"BIZ-{run_tag}-{i:04d}"
-        out.append(_request(target, "bc", "bc/concurrent", extra))
+        out.append(_request(target, "bc", "bc/concurrent", extra, (*TRACE_HEADERS, header)))
     return out
 
 
@@ -177,7 +183,7 @@ def plan_ec(scenario: dict) -> tuple[list[PlannedRequest], list[str]]:
         extra: dict[str, str | list[str]] = {}
         if not any(k.lower() == "traceparent" for k in entry_req["headers"]):
             extra["traceparent"] = str(new_traceparent())
-        out.append(_request(entry_req, "ec", f"ec/{code}", extra))
+        out.append(_request(entry_req, "ec", f"ec/{code}", extra, strip=()))
     return out, notes
 
 

@@ -220,3 +220,15 @@ def test_bodies_are_encoded(body, headers, sent, ctype):
     data, hdrs = P.encode_body(body, headers)
     assert data == sent
     assert next((v for k, v in hdrs.items() if k.lower() == "content-type"), None) == ctype
+
+
+def test_a_load_requests_own_trace_context_and_bizcode_never_leak_into_the_cases():
+    s = S.resolve({"load": [{"path": "/f", "headers": {"Traceparent": "00-" + "1" * 32 + "-" + "2" * 16 + "-01",
+                                                      "tracestate": "a=b", "X-Biz-Code": "FIXED"}}],
+                   "fanout": ["/f"]}, source="t", base_dir=None)
+    cases = by_case(P.plan_tc(s) + P.plan_bc(s) + P.plan_bc_concurrent(s, 6) + P.plan_load(s, 2))
+    assert header(cases["tc/missing"][0], "traceparent") is None
+    assert header(cases["tc/valid"][0], "tracestate") is None
+    assert header(cases["bc/missing"][0], "X-Biz-Code") is None
+    assert [header(r, "X-Biz-Code") for r in cases["bc/concurrent"]][2::3] == [None, None]
+    assert all("1" * 32 not in str(r.headers) for reqs in cases.values() for r in reqs)
