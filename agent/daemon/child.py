@@ -15,11 +15,7 @@ import signal
 import sys
 from pathlib import Path
 
-ENV_SPEC = "OBSCONFORM_CHILD_SPEC"  # path of the run spec JSON
-ENV_OUT = "OBSCONFORM_CHILD_OUT"  # the run's directory
-ENV_FD = "OBSCONFORM_CHILD_FD"  # where to write JSON lines
-ENV_PARENT = "OBSCONFORM_CHILD_PARENT"  # the daemon's pid, to detect a parent that died first
-ENV_CGROUP = "OBSCONFORM_CHILD_CGROUP"  # cgroup.procs file to join, or ""
+from agent.daemon.worker import ENV_CGROUP, ENV_FD, ENV_OUT, ENV_PARENT, ENV_SPEC
 
 EXIT_CANCELLED = 130
 

@@ -10,6 +10,7 @@ the daemon falls back to killing the child's process group and says so once.
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import logging
 import os
 import signal
@@ -51,20 +52,37 @@ def _own_cgroup2_path() -> str:
     return "/"
 
 
-def runs_base() -> Path | None:
-    """``<cgroup2 mount>/<own cgroup>/obsconform-runs`` if it exists or can be made, else None."""
+def _base_path(reports_dir: Path) -> Path | None:
     mount = _cgroup2_mount()
     if mount is None:
         return None
-    base = mount / _own_cgroup2_path().lstrip("/") / RUNS_CGROUP
+    key = hashlib.sha256(str(Path(reports_dir).resolve()).encode()).hexdigest()[:16]
+    return mount / _own_cgroup2_path().lstrip("/") / RUNS_CGROUP / key
+
+
+def runs_base(reports_dir: Path) -> Path | None:
+    """``<cgroup2 mount>/<own cgroup>/obsconform-runs/<reports-dir key>``, made if needed; None without cgroup v2.
+
+    Keyed by the reports directory (which one daemon holds locked), so a daemon cleaning up
+    after a crash kills only its own leftovers, never another daemon's running run.
+    """
+    base = _base_path(reports_dir)
+    if base is None:
+        return None
     try:
-        base.mkdir(exist_ok=True)
+        base.mkdir(parents=True, exist_ok=True)
         if not (base / "cgroup.procs").exists():
             return None
     except OSError as e:
         log.warning("no cgroup for runs (%s): a killed run may leave its SUT running", e)
         return None
     return base
+
+
+def run_cgroup(reports_dir: Path, run_id: str) -> Path | None:
+    """Where the processes of run ``run_id`` of the daemon on ``reports_dir`` live (None without cgroups)."""
+    base = _base_path(reports_dir)
+    return base / f"run-{run_id}" if base is not None else None
 
 
 class RunBox:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import signal
 import socket
@@ -11,7 +12,7 @@ from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 from agent.daemon.api import ApiHandler
-from agent.daemon.config import DaemonConfig, parse_listen, resolve_token, tls_context
+from agent.daemon.config import DaemonConfig, StartupRefused, parse_listen, resolve_token, tls_context
 from agent.daemon.metrics import DaemonMetrics
 from agent.daemon.store import RunStore
 from agent.daemon.worker import RunWorker
@@ -21,6 +22,7 @@ log = logging.getLogger(__name__)
 
 # TLS handshakes happen on the handler thread, bounded, so one slow client cannot stall accept().
 TLS_HANDSHAKE_TIMEOUT_S = 10.0
+LOCK_NAME = "daemon.lock"
 
 
 class _Server(ThreadingHTTPServer):
@@ -45,6 +47,18 @@ class _Server(ThreadingHTTPServer):
         super().finish_request(request, client_address)
 
 
+def _lock_reports_dir(reports_dir: Path):
+    """One daemon per reports directory: a second one would abort the first one's running run."""
+    f = open(reports_dir / LOCK_NAME, "a")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.close()
+        raise StartupRefused(f"another obsconform daemon already uses --reports-dir {reports_dir}; "
+                             "stop it or give another directory") from None
+    return f
+
+
 class Daemon:
     """The daemon's parts wired together; ``start()`` then ``stop()`` (tests drive it in-process too)."""
 
@@ -56,12 +70,13 @@ class Daemon:
             self.reports_dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise ObsconformError(f"cannot create --reports-dir {cfg.reports_dir}: {e.strerror}") from e
+        self._lock = _lock_reports_dir(self.reports_dir)
         self.token, self.token_file = resolve_token(cfg, host)
         tls = tls_context(cfg, host)
         self.store = RunStore(self.reports_dir)
         self.metrics = DaemonMetrics()
         self.metrics.watch_store(self.store)
-        self.worker = RunWorker(self.store, self.metrics, run_timeout_s=cfg.run_timeout_s,
+        self.worker = RunWorker(self.store, self.metrics, reports_dir=self.reports_dir, run_timeout_s=cfg.run_timeout_s,
                                 cancel_grace_s=cfg.cancel_grace_s)
         try:
             self.httpd = _Server((host, port), self, tls)
@@ -90,8 +105,11 @@ class Daemon:
         """Stop accepting requests, stop the running run (marked aborted), close the index."""
         self.httpd.shutdown()
         self.httpd.server_close()
-        self.worker.stop(reason)
-        self.store.close()
+        if self.worker.stop(reason):
+            self.store.close()
+        else:
+            log.error("the run worker did not stop in time; exiting with the run still ending")
+        self._lock.close()
 
 
 def serve(cfg: DaemonConfig) -> int:

@@ -14,14 +14,19 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from agent.daemon import child
-from agent.daemon.containment import RunBox, kill_leftovers, kill_stale_child, runs_base
+from agent.daemon.containment import RunBox, kill_leftovers, kill_stale_child, remove_cgroup, runs_base
 from agent.daemon.metrics import DaemonMetrics
 from agent.daemon.store import RunRow, RunStore
 from agent.evidence import write_json_atomic
 
 log = logging.getLogger(__name__)
 
+# What the daemon tells a run's process (agent/daemon/child.py) through its environment.
+ENV_SPEC = "OBSCONFORM_CHILD_SPEC"  # path of the run spec JSON
+ENV_OUT = "OBSCONFORM_CHILD_OUT"  # the run's directory
+ENV_FD = "OBSCONFORM_CHILD_FD"  # where to write JSON lines
+ENV_PARENT = "OBSCONFORM_CHILD_PARENT"  # the daemon's pid, to detect a parent that died first
+ENV_CGROUP = "OBSCONFORM_CHILD_CGROUP"  # cgroup.procs file to join, or ""
 SPEC_FILE = "run-spec.json"
 CHILD_LOG = "run.log"
 CRASH_REASON = ("the daemon stopped while this run was running (crash, SIGKILL or reboot); "
@@ -42,7 +47,7 @@ class _Outcome:
 class RunWorker:
     """Takes queued runs from the store and executes them one after the other."""
 
-    def __init__(self, store: RunStore, metrics: DaemonMetrics, *, run_timeout_s: float,
+    def __init__(self, store: RunStore, metrics: DaemonMetrics, *, reports_dir: Path, run_timeout_s: float,
                  cancel_grace_s: float) -> None:
         self.store = store
         self.metrics = metrics
@@ -53,7 +58,7 @@ class RunWorker:
         self._stop_reason = "the daemon is stopping"
         self._current: str | None = None
         self._thread = threading.Thread(target=self._loop, name="run-worker", daemon=True)
-        self._cgroups = runs_base()
+        self._cgroups = runs_base(reports_dir)
         if self._cgroups is None:
             log.warning("cgroup v2 not writable: runs are contained by process group only")
 
@@ -80,12 +85,18 @@ class RunWorker:
         with self._wake:
             self._wake.notify_all()
 
-    def stop(self, reason: str, timeout_s: float | None = None) -> None:
-        """Stop the running run (it is marked aborted with ``reason``); queued runs stay queued."""
+    def stop(self, reason: str, timeout_s: float | None = None) -> bool:
+        """Stop the running run (marked aborted with ``reason``); queued runs stay queued.
+        Returns False if the worker did not finish within the timeout."""
         self._stop_reason = reason
         self._stopping.set()
         self.notify()
         self._thread.join(timeout_s if timeout_s is not None else self.cancel_grace_s + 10)
+        if self._thread.is_alive():
+            return False
+        if self._cgroups is not None:
+            remove_cgroup(self._cgroups)  # empty now; the next daemon makes it again
+        return True
 
     def _loop(self) -> None:
         while not self._stopping.is_set():
@@ -107,15 +118,16 @@ class RunWorker:
         write_json_atomic(out_dir / SPEC_FILE, run.spec)
         read_fd, write_fd = os.pipe()
         env = {**os.environ,
-               child.ENV_SPEC: str(out_dir / SPEC_FILE), child.ENV_OUT: str(out_dir),
-               child.ENV_FD: str(write_fd), child.ENV_PARENT: str(os.getpid()),
-               child.ENV_CGROUP: box.procs_file}
+               ENV_SPEC: str(out_dir / SPEC_FILE), ENV_OUT: str(out_dir),
+               ENV_FD: str(write_fd), ENV_PARENT: str(os.getpid()), ENV_CGROUP: box.procs_file}
         with open(out_dir / CHILD_LOG, "ab") as logf:
             try:
                 proc = subprocess.Popen([sys.executable, "-m", "agent.daemon.child"], env=env,
                                         stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
-                                        pass_fds=(write_fd,), start_new_session=True,
-                                        cwd=str(Path(__file__).resolve().parents[2]))
+                                        pass_fds=(write_fd,), start_new_session=True)
+            except OSError:
+                os.close(read_fd)
+                raise
             finally:
                 os.close(write_fd)
         box.pgid = proc.pid
@@ -123,7 +135,13 @@ class RunWorker:
 
     def _execute(self, run: RunRow) -> None:
         box = RunBox(self._cgroups, run.id)
-        proc, read_fd = self._spawn(run, box)
+        try:
+            proc, read_fd = self._spawn(run, box)
+        except OSError as e:  # a run that cannot start must leave the queue, not block it
+            box.remove()
+            self.store.finish(run.id, "failed", reason=f"cannot start the run's process: {e}", exit_code=1)
+            self.metrics.run_finished("failed", 0.0, None)
+            return
         self._current = run.id
         self.store.start(run.id, proc.pid)
         self.store.add_progress(run.id, "started")
@@ -133,6 +151,11 @@ class RunWorker:
         outcome = _Outcome()
         try:
             self._watch(run, proc, read_fd, t0 + timeout_s, timeout_s, outcome)
+        except Exception as e:  # a daemon bug must still end the run, recorded as failed
+            log.exception("run %s: error while watching the run; killing it", run.id)
+            outcome.error = outcome.error or f"the daemon lost track of the run ({type(e).__name__}: {e})"
+            proc.kill()
+            proc.wait()
         finally:
             os.close(read_fd)
             box.kill()  # whatever the run left (a SUT in its own session) dies with it
@@ -197,6 +220,7 @@ class RunWorker:
                 self.store.set_run_dir(run.id, str(outcome.result.get("run_dir", "")))
             elif "error" in record:
                 outcome.error = str(record["error"])
+                self.store.add_progress(run.id, f"run process: {outcome.error}")
         except (ValueError, TypeError, AttributeError):
             if not outcome.bad_lines:
                 log.warning("run %s: unreadable line from its process: %r", run.id, line[:200])
@@ -204,12 +228,12 @@ class RunWorker:
             self.metrics.bad_child_lines.inc()
 
     def _record(self, run: RunRow, returncode: int | None, outcome: _Outcome, duration_s: float) -> None:
-        if outcome.stopped_state:
-            state, reason = outcome.stopped_state, outcome.why_stopped
-            exit_code = verdict = None
-        elif outcome.result is not None:
+        if outcome.result is not None:  # finished with a report, even if a stop came too late
             state, reason = "done", None
             exit_code, verdict = outcome.result.get("exit_code"), outcome.result.get("verdict")
+        elif outcome.stopped_state:
+            state, reason = outcome.stopped_state, outcome.why_stopped
+            exit_code = verdict = None
         else:
             state, exit_code, verdict = "failed", 1, None
             reason = outcome.error or f"the run's process ended with code {returncode} without a result; see {CHILD_LOG}"

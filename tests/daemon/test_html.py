@@ -13,7 +13,7 @@ import pytest
 
 import conformance
 from agent.evidence import EvidenceWriter, KernelRequest, RunMeta, Span, load_evidence
-from conformance.html import MAX_SCATTER_POINTS, nice_ticks, render_html, write_html
+from conformance.html import MAX_SCATTER_POINTS, nice_ticks, render_html
 from tests.daemon.conftest import ROOT
 
 CHROMIUM = shutil.which("chromium")

@@ -217,3 +217,11 @@ def test_tls_needs_both_cert_and_key(tmp_path, tls_pair):
 def test_token_file_readable_by_others_is_warned_about(daemons):
     d = daemons.start(token_mode=0o644)
     assert "readable by other users; chmod 600 it" in d.log_text()
+
+
+def test_a_second_daemon_on_the_same_reports_dir_refuses_to_start(daemons):
+    d = daemons.start()
+    r = serve("--listen", "127.0.0.1:0", "--reports-dir", str(d.reports_dir), "--token-file", str(d.token_file))
+    assert r.returncode == 1
+    assert "another obsconform daemon already uses --reports-dir" in r.stderr, r.stderr
+    assert d.api("GET", "/v1/runs")[0] == 200, "the first daemon is untouched"
