@@ -1,4 +1,5 @@
-"""W3C Trace Context (level 1) traceparent: generate valid headers and parse received ones."""
+"""W3C Trace Context (level 1): generate valid traceparent headers, parse received traceparent
+and tracestate values the way a conforming receiver must."""
 
 from __future__ import annotations
 
@@ -7,9 +8,11 @@ import secrets
 from dataclasses import dataclass
 
 # version "00" layout; other versions may append fields after a "-" (future versions).
+# fullmatch and DOTALL: "$" alone would accept a trailing newline, "." would stop at one.
 _TRACEPARENT = re.compile(
-    r"^(?P<version>[0-9a-f]{2})-(?P<trace_id>[0-9a-f]{32})-(?P<parent_id>[0-9a-f]{16})"
-    r"-(?P<flags>[0-9a-f]{2})(?P<rest>(-.*)?)$"
+    r"(?P<version>[0-9a-f]{2})-(?P<trace_id>[0-9a-f]{32})-(?P<parent_id>[0-9a-f]{16})"
+    r"-(?P<flags>[0-9a-f]{2})(?P<rest>(-.*)?)",
+    re.DOTALL,
 )
 INVALID_TRACE_ID = "0" * 32
 INVALID_PARENT_ID = "0" * 16
@@ -58,7 +61,7 @@ def parse_traceparent(value: str | None) -> TraceParent | None:
     if value is None:
         return None
     value = value.strip(" \t")
-    m = _TRACEPARENT.match(value)
+    m = _TRACEPARENT.fullmatch(value)
     if not m:
         return None
     version = m["version"]
@@ -77,3 +80,39 @@ def is_valid_trace_id(value: str) -> bool:
 
 def is_valid_span_id(value: str) -> bool:
     return bool(re.fullmatch(r"[0-9a-f]{16}", value or "")) and value != INVALID_PARENT_ID
+
+
+# tracestate list members (level 1, 3.3.1): simple-key / tenant-id "@" system-id, "=" value.
+_TS_KEY = re.compile(
+    r"[a-z][a-z0-9_\-*/]{0,255}"
+    r"|[a-z0-9][a-z0-9_\-*/]{0,240}@[a-z][a-z0-9_\-*/]{0,13}"
+)
+_TS_VALUE = re.compile(r"[\x20-\x2b\x2d-\x3c\x3e-\x7e]{0,255}[\x21-\x2b\x2d-\x3c\x3e-\x7e]")
+TRACESTATE_MAX_MEMBERS = 32
+
+
+def parse_tracestate(value: str | list[str] | None) -> list[tuple[str, str]] | None:
+    """Parse a tracestate header (a list of field values is joined with "," as RFC 7230
+    section 3.2.2 says) into its (key, value) members, in order.
+
+    Empty and blank members are allowed and skipped. Returns None when the whole header must
+    be discarded: a member that breaks the grammar, more than 32 members, or a key that occurs
+    twice ("only one entry per key is allowed").
+    """
+    if value is None:
+        return None
+    text = ",".join(value) if isinstance(value, list) else value
+    members: list[tuple[str, str]] = []
+    seen: set[str] = set()
+    for raw in text.split(","):
+        member = raw.strip(" \t")
+        if not member:
+            continue
+        key, eq, val = member.partition("=")
+        if not eq or not _TS_KEY.fullmatch(key) or not _TS_VALUE.fullmatch(val) or key in seen:
+            return None
+        seen.add(key)
+        members.append((key, val))
+        if len(members) > TRACESTATE_MAX_MEMBERS:
+            return None
+    return members

@@ -25,7 +25,12 @@ def _request_ref(r: JoinedRequest) -> dict[str, Any]:
 def one_server_span_per_request(ctx: CheckContext) -> Finding:
     j = ctx.joined
     budget = ctx.threshold("loss_budget_pct")
-    answered = j.answered
+    # A caller that did not sample the request (trace-flags 00) lets a parent-based sampler
+    # record nothing: no span is then the right answer, not a loss.
+    unsampled = [r for r in j.answered
+                 if not r.spans and r.traceparent is not None and not r.traceparent.sampled]
+    skipped = {id(r) for r in unsampled}
+    answered = [r for r in j.answered if id(r) not in skipped]
     n = len(answered)
     missing = [r for r in answered if not r.spans]
     dups = [r for r in answered if len(r.spans) > 1]
@@ -38,7 +43,8 @@ def one_server_span_per_request(ctx: CheckContext) -> Finding:
         "loss_pct": round(loss_pct, 6),
         "joined_by_traceparent": sum(r.span_join == JOIN_TRACEPARENT for r in answered),
         "joined_by_heuristic": sum(r.span_join == JOIN_HEURISTIC for r in answered),
-        "unanswered_excluded": len(j.requests) - n,
+        "unanswered_excluded": len(j.requests) - len(j.answered),
+        "unsampled_without_span_excluded": len(unsampled),
         "agent_requests_excluded": len(j.agent_requests),
         "server_spans_without_request": len(j.unjoined_spans),
     }

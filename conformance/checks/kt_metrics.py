@@ -5,20 +5,20 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
 
-from agent.evidence import Evidence, KernelRequest, Scrape
-from agent.exposition import Exposition, parse_exposition
+from agent.evidence import KernelRequest
 from conformance.httpsem import RouteMatcher, route_matches
 from conformance.metricsource import (
     Key, Series, find_prometheus_metric, otlp_series, prometheus_series, series_key,
 )
 from conformance.model import Finding
 from conformance.registry import CheckContext, check
+from conformance.scrapes import last_good, metrics_path, parsed_scrape
 
 MISMATCH_LIMIT = 20
-# fastapi-instrumentator labels requests that matched no route template "none".
-UNTEMPLATED = "none"
+# How exporters label a request that matched no route template: fastapi-instrumentator
+# "none"; an empty value (OTel semconv leaves http.route unset, hand-written code sets "").
+UNTEMPLATED = ("none", "")
 
 
 @dataclass
@@ -26,23 +26,8 @@ class Comparison:
     observed: dict[str, Any]
     mismatches: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
-
-
-def parsed_scrape(ctx: CheckContext, scrape: Scrape) -> Exposition:
-    """A scrape's parsed body, shared between checks of one evaluation."""
-    return ctx.shared(f"scrape:{scrape.seq}", lambda: parse_exposition(
-        ctx.evidence.scrape_text(scrape), scrape.content_type))
-
-
-def _last_good(evidence: Evidence, phase: str) -> Scrape | None:
-    good = [s for s in evidence.scrapes
-            if s.phase == phase and s.file and not s.error and s.status in (None, 200)]
-    return max(good, key=lambda s: s.t_ns) if good else None
-
-
-def _metrics_path(evidence: Evidence) -> str:
-    url = str(evidence.meta.target.get("metrics_url") or "")
-    return urlsplit(url).path or "/metrics"
+    kernel: Counter[Key] = field(default_factory=Counter)  # per key, agent routes excluded
+    counts: dict[Key, float] = field(default_factory=dict)  # the metric's, same exclusions
 
 
 def compare(series: Series, under_test: list[KernelRequest], agent: list[KernelRequest],
@@ -61,9 +46,10 @@ def compare(series: Series, under_test: list[KernelRequest], agent: list[KernelR
 
     def route_of(k: KernelRequest) -> str:
         found = matcher.match(k.path) if matcher else k.path
-        if found is None:
-            found = UNTEMPLATED if matcher and UNTEMPLATED in matcher.exact else k.path
-        return found
+        if found is None and matcher:
+            # A request no template matched: the exporter's "no route" value when it has one.
+            found = next((u for u in UNTEMPLATED if u in matcher.exact), None)
+        return k.path if found is None else found
 
     def key_of(k: KernelRequest) -> Key:
         return series_key(series, k.method, route_of(k) if has_route else None, k.status)
@@ -84,6 +70,12 @@ def compare(series: Series, under_test: list[KernelRequest], agent: list[KernelR
             notes.append(f"{series.metric} has no route label, so the agent's own "
                          f"{sum(agent_counts.values())} request(s) may be counted: a series "
                          "matches with or without them")
+    if has_route:
+        moved = _reconcile_untemplated(series, counts, kernel)
+        if moved:
+            notes.append(f"{moved} request(s) the metric counts under an empty route (no "
+                         "template matched, e.g. a 405) were matched to the same method and "
+                         "status")
     mismatches = []
     for key in sorted(set(counts) | set(kernel)):
         m, k = counts.get(key, 0.0), kernel.get(key, 0)
@@ -101,7 +93,32 @@ def compare(series: Series, under_test: list[KernelRequest], agent: list[KernelR
         "series": len(set(counts) | set(kernel)), "mismatched_series": len(mismatches),
         "excluded_routes": excluded,
     }
-    return Comparison(observed, mismatches, notes)
+    return Comparison(observed, mismatches, notes, kernel, counts)
+
+
+def _reconcile_untemplated(series: Series, counts: dict[Key, float], kernel: Counter[Key]) -> int:
+    """Move kernel counts onto the metric's untemplated route (same method and status) where
+    the metric has more there and less under the template the path matches: frameworks
+    label requests that failed routing (404, 405) without a route even when a template fits
+    the path. Returns how many requests were moved."""
+    ri = series.dims.index("route")
+    moved = 0
+    for u in [k for k in counts if k[ri] in UNTEMPLATED]:
+        surplus = counts[u] - kernel.get(u, 0)
+        for k in sorted(kernel):
+            if surplus <= 0:
+                break
+            same = k[:ri] + k[ri + 1:] == u[:ri] + u[ri + 1:]
+            deficit = kernel[k] - counts.get(k, 0.0)
+            if same and k[ri] not in UNTEMPLATED and deficit > 0:
+                n = int(min(surplus, deficit))
+                kernel[k] -= n
+                kernel[u] += n
+                surplus -= n
+                moved += n
+    for k in [k for k, n in kernel.items() if n == 0]:
+        del kernel[k]
+    return moved
 
 
 def _num(value: float) -> float | int:
@@ -119,13 +136,13 @@ def metric_counts_match_kernel(ctx: CheckContext) -> Finding:
     tolerance = ctx.threshold("count_tolerance")
     named = (ev.meta.scenario or {}).get("metric")
     under_test = [r.kernel for r in j.answered]
-    agent_paths = {k.path for k in j.agent_requests} | {_metrics_path(ev)}
+    agent_paths = {k.path for k in j.agent_requests} | {metrics_path(ev)}
     observed: dict[str, Any] = {"prometheus": None, "otlp": None}
     problems: list[str] = []
     comparisons: list[Comparison] = []
     tried: list[str] = []
 
-    before, after = _last_good(ev, "before"), _last_good(ev, "after")
+    before, after = last_good(ev, "before"), last_good(ev, "after")
     if before is None or after is None:
         problems.append("no successful before and after /metrics scrapes")
     else:

@@ -12,8 +12,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.openmetrics.exposition import generate_latest as om_generate_latest
 
 from agent.evidence import (
-    AGENT_USER_AGENT, DRIVER_USER_AGENT, DriverRecord, Evidence, EvidenceWriter,
-    KernelRequest, MetricPoint, RunMeta, Scrape, Span, load_evidence,
+    AGENT_USER_AGENT, DRIVER_USER_AGENT, DownstreamRecord, DriverRecord, Evidence,
+    EvidenceWriter, KernelRequest, LogRecord, MetricPoint, RunMeta, Scrape, Span, load_evidence,
 )
 from agent.tracecontext import new_span_id, new_traceparent
 
@@ -23,6 +23,8 @@ US = 1_000
 PROM_TEXT = "text/plain; version=0.0.4; charset=utf-8"
 OPENMETRICS = "application/openmetrics-text; version=1.0.0; charset=utf-8"
 NO_LOSS = {"ring_drops": 0, "truncated_captures": 0, "map_full": 0}
+# OTel HTTP semconv bucket advice for http.server.request.duration (what the SDK then uses).
+SEMCONV_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10)
 
 
 # ------------------------------------------------------------------ exporter shapes
@@ -55,7 +57,7 @@ class SemconvExporter(Exporter):
         super().__init__()
         self.h = Histogram("http_server_request_duration_seconds", "Duration of HTTP server requests.",
                            ("http_request_method", "http_route", "http_response_status_code"),
-                           registry=self.registry)
+                           buckets=SEMCONV_BUCKETS, registry=self.registry)
 
     def observe(self, method, route, path, status, seconds):
         self.h.labels(method, route, str(status)).observe(seconds)
@@ -176,6 +178,8 @@ class RunBuilder:
         self.driver: list[DriverRecord] = []
         self.scrape_seq: list[Scrape] = []
         self.points: list[MetricPoint] = []
+        self.downstream: list[DownstreamRecord] = []
+        self.logs: list[LogRecord] = []
 
     def _kernel(self, method: str, path: str, headers: dict[str, list[str]], status: int | None,
                 dur: int, direction: str = "server", parent: str | None = None) -> KernelRequest:
@@ -213,9 +217,12 @@ class RunBuilder:
             self.spans.append(Span(
                 trace_id=trace_id, span_id=new_span_id(), parent_span_id=parent,
                 name=f"{req.method} {req.route}", kind="SERVER", start_ns=start, end_ns=end,
+                status_code="ERROR" if (req.status or 0) >= 500 else "UNSET",
                 attributes={"http.request.method": req.method, "url.path": req.path,
-                            "http.route": req.route,
-                            "http.response.status_code": req.status}))
+                            "url.scheme": "http", "http.route": req.route,
+                            "http.response.status_code": req.status, "biz.code": "default",
+                            **({"error.type": str(req.status)} if (req.status or 0) >= 500
+                               else {})}))
         if self.exporter is not None and req.counted and req.status is not None:
             self.exporter.observe(req.method, req.route, req.path, req.status, req.dur_ns / 1e9)
         self.t += req.dur_ns + 2 * MS
@@ -239,6 +246,15 @@ class RunBuilder:
         self.scrape_seq.append(self.writer.scrape(s, body))
         return s
 
+    def raw_scrape(self, phase: str, body: bytes | None, content_type: str = PROM_TEXT,
+                   accept: str = PROM_TEXT, status: int | None = 200, error: str = "") -> Scrape:
+        """A scrape with a given body (as the SUT answered it), kernel-visible like the agent's."""
+        s = Scrape(seq=0, phase=phase, t_ns=self.t, url="http://127.0.0.1:8080/metrics",
+                   accept=accept, content_type=content_type, status=status, error=error)
+        self.agent_request("/metrics", status or 200)
+        self.scrape_seq.append(self.writer.scrape(s, body))
+        return s
+
     def outbound(self, parent: KernelRequest, path: str = "/sink") -> KernelRequest:
         return self._kernel("GET", path, {"traceparent": parent.headers.get("traceparent", [])},
                             200, 1 * MS, direction="client", parent=parent.id)
@@ -248,6 +264,8 @@ class RunBuilder:
         self.writer.spans(self.spans)
         self.writer.driver(self.driver)
         self.writer.metrics(self.points)
+        self.writer.downstream(self.downstream)
+        self.writer.logs(self.logs)
         self.writer.meta(RunMeta(
             run_id="r-test", started_at="2023-11-14T22:13:20Z",
             finished_at="2023-11-14T22:13:50.5Z", tool_version="0.1.0",

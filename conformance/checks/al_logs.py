@@ -1,0 +1,118 @@
+"""AL-003: log records emitted while the SUT served a request carry that request's trace_id
+and span_id (OTLP logs and JSON stdout lines alike)."""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass
+from typing import Any
+
+from agent.evidence import LogRecord
+from conformance.model import Finding
+from conformance.registry import CheckContext, check
+from conformance.view import RequestView, view_of
+
+SAMPLES = 10
+# Where JSON loggers and OTel log attributes put the request path: a line that names another
+# path (a /metrics scrape, a health probe) is about another request, not this one.
+PATH_KEYS = ("path", "url.path", "http.target", "http.path", "request_path", "url", "uri")
+
+
+@dataclass
+class _Window:
+    lo: int
+    hi: int
+    path: str
+    trace_id: str  # "" when the request's trace is unknown (no span joined)
+    span_ids: frozenset[str]
+    request: RequestView
+
+
+def _windows(view: Any) -> list[_Window]:
+    out = []
+    for r in view.requests:
+        d = r.driver
+        path = d.path.split("?", 1)[0]
+        if r.span is not None:
+            trace = r.span.trace_id
+            ids = frozenset(s.span_id for s in view.spans_by_trace.get(trace, []))
+            lo, hi = min(r.span.start_ns, d.t_send_ns), max(r.span.end_ns, d.t_recv_ns or 0)
+            out.append(_Window(lo, hi, path, trace, ids, r))
+        elif d.t_recv_ns:
+            out.append(_Window(d.t_send_ns, d.t_recv_ns, path, "", frozenset(), r))
+    return sorted(out, key=lambda w: w.lo)
+
+
+def _log_path(log: LogRecord) -> str | None:
+    sources = [log.attributes] + ([log.body] if isinstance(log.body, dict) else [])
+    for src in sources:
+        for key in PATH_KEYS:
+            value = src.get(key)
+            if isinstance(value, str) and value:
+                if "://" in value:
+                    value = "/" + value.split("://", 1)[1].partition("/")[2]
+                return value.split("?", 1)[0]
+    return None
+
+
+def _ref(log: LogRecord, w: _Window | None = None, **extra: Any) -> dict[str, Any]:
+    out = {"source": log.source, "time_ns": log.time_ns, "body": str(log.body)[:120],
+           "trace_id": log.trace_id or None, "span_id": log.span_id or None}
+    if w is not None:
+        out["while_serving"] = w.request.ref()
+    out.update(extra)
+    return out
+
+
+@check("AL-003")
+def logs_carry_request_context(ctx: CheckContext) -> Finding:
+    logs = ctx.evidence.logs
+    expected = {"log_records_while_serving": "trace_id and span_id of the request being served"}
+    if not logs:
+        return Finding.skipped("the SUT sent no OTLP log record and printed no JSON log line: "
+                               "nothing to check")
+    windows = _windows(view_of(ctx))
+    los = [w.lo for w in windows]
+    longest = max((w.hi - w.lo for w in windows), default=0)
+    missing, wrong, linked, ignored = [], [], 0, 0
+    for log in logs:
+        if not log.time_ns:
+            ignored += 1
+            continue
+        path = _log_path(log)
+        lo = bisect.bisect_left(los, log.time_ns - longest)
+        hits = [w for w in windows[lo:bisect.bisect_right(los, log.time_ns)]
+                if w.lo <= log.time_ns <= w.hi and (path is None or path == w.path)]
+        if not hits:
+            ignored += 1  # not emitted while serving a request under test
+            continue
+        if not log.trace_id:
+            missing.append(_ref(log, hits[0]))
+            continue
+        mine = [w for w in hits if w.trace_id == log.trace_id.lower()]
+        if mine and log.span_id and mine[0].span_ids and log.span_id.lower() not in mine[0].span_ids:
+            wrong.append(_ref(log, mine[0], problem="span_id is no span of the request's trace"))
+        elif mine or any(not w.trace_id for w in hits):
+            linked += 1
+        else:
+            wrong.append(_ref(log, hits[0], problem="trace_id of another request"))
+    judged = linked + len(missing) + len(wrong)
+    observed = {"log_records": len(logs), "while_serving": judged, "linked": linked,
+                "without_ids": len(missing), "wrong_ids": len(wrong),
+                "not_while_serving": ignored}
+    evidence = {"without_ids": missing[:SAMPLES], "wrong_ids": wrong[:SAMPLES]}
+    if missing or wrong:
+        parts = []
+        if missing:
+            m = missing[0]
+            parts.append(f"{len(missing)} of {judged} log records emitted while serving a request "
+                         f"carry no trace_id, e.g. {m['body']!r} during "
+                         f"{m['while_serving']['request']} ({m['while_serving']['case']})")
+        if wrong:
+            parts.append(f"{len(wrong)} carry ids of another request ({wrong[0]['problem']})")
+        return Finding.failed("; ".join(parts), observed, expected, **evidence)
+    if not judged:
+        return Finding.skipped(f"none of {len(logs)} log records was emitted while a request was "
+                               "served", observed=observed)
+    return Finding.passed(f"{linked} log records emitted while serving requests carry their "
+                          "trace_id/span_id", observed, expected, **evidence)

@@ -1,0 +1,236 @@
+"""Kernel-truth checks on values, not counts: KT-004 (histogram sum and bucket placement vs
+kernel durations), KT-005 (status on the wire = span status = metric label), KT-006 (span
+timestamps inside the kernel window, clock skew)."""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections import Counter, defaultdict
+from typing import Any
+
+from agent.evidence import KernelRequest
+from agent.exposition import Exposition, histogram_series
+from conformance.httpsem import span_status
+from conformance.metricsource import PROM_CANDIDATES, ROUTE_LABELS, find_prometheus_metric, prometheus_series
+from conformance.model import Finding
+from conformance.registry import CheckContext, check
+from conformance.scrapes import last_good, metrics_path, parsed_scrape
+from conformance.stats import describe
+from conformance.checks.kt_metrics import compare
+
+SAMPLES = 10
+_UNIT_SCALE = {"_seconds": 1.0, "_milliseconds": 1e-3, "_microseconds": 1e-6}
+
+
+def _ref(k: KernelRequest, trace_id: str | None = None, **extra: Any) -> dict[str, Any]:
+    return {"request": k.id, "trace_id": trace_id, "method": k.method, "target": k.target,
+            "wire_status": k.status, **extra}
+
+
+# ------------------------------------------------------------------------------ KT-005
+@check("KT-005")
+def status_agrees(ctx: CheckContext) -> Finding:
+    j, ev = ctx.joined, ctx.evidence
+    answered = j.answered
+    expected = {"span": "http.response.status_code = status on the wire",
+                "metric": "status label = status on the wire, per method and route"}
+    if not answered:
+        return Finding.inconclusive("the kernel saw no answered request under test", None, expected)
+    span_bad, span_checked = [], 0
+    for r in answered:
+        if len(r.spans) != 1:
+            continue
+        span_checked += 1
+        got = span_status(r.spans[0])
+        if got != r.kernel.status:
+            span_bad.append(_ref(r.kernel, r.trace_id, span_status=got,
+                                 span_id=r.spans[0].span_id))
+    metric_bad, metric_note = _metric_status(ctx, [r.kernel for r in answered])
+    observed = {"requests": len(answered), "spans_checked": span_checked,
+                "span_mismatches": len(span_bad), "metric_status_mismatches": len(metric_bad),
+                "metric": metric_note}
+    evidence = {"span_mismatches": span_bad[:SAMPLES], "metric_mismatches": metric_bad[:SAMPLES]}
+    if span_bad or metric_bad:
+        parts = []
+        if span_bad:
+            b = span_bad[0]
+            parts.append(f"{len(span_bad)} span(s) disagree with the wire, e.g. {b['method']} "
+                         f"{b['target']} (trace {b['trace_id']}): wire {b['wire_status']}, span "
+                         f"{b['span_status']}")
+        if metric_bad:
+            m = metric_bad[0]
+            parts.append(f"{len(metric_bad)} metric series carry a status the wire never had "
+                         f"for their method/route, e.g. {m}")
+        return Finding.failed("; ".join(parts), observed, expected, **evidence)
+    if not span_checked and not metric_note.startswith("compared"):
+        return Finding.inconclusive("no span joined and no request metric with a status label: "
+                                    "nothing to compare", observed, expected, **evidence)
+    return Finding.passed(f"status agrees for {span_checked} spans; {metric_note}", observed,
+                          expected, **evidence)
+
+
+def _metric_status(ctx: CheckContext, under_test: list[KernelRequest]) -> tuple[list[str], str]:
+    """Series whose status the kernel never saw for that method/route (and the reverse)."""
+    ev = ctx.evidence
+    before, after = last_good(ev, "before"), last_good(ev, "after")
+    if before is None or after is None:
+        return [], "no before/after scrapes"
+    b, a = parsed_scrape(ctx, before), parsed_scrape(ctx, after)
+    if b.error or a.error:
+        return [], "scrape does not parse (see SC-001)"
+    candidate, overrides, _ = find_prometheus_metric(a, (ev.meta.scenario or {}).get("metric"))
+    if candidate is None:
+        return [], "no request metric found"
+    series = prometheus_series(b, a, candidate, overrides)
+    if not series.labels.get("status"):
+        return [], f"{candidate.sample} has no status label"
+    inside = [k for k in under_test if before.t_ns <= k.t_req_first < after.t_ns]
+    agent_paths = {k.path for k in ctx.joined.agent_requests} | {metrics_path(ev)}
+    c = compare(series, inside, [], agent_paths, 0)
+    si = series.dims.index("status")
+    groups: dict[tuple, dict[str, list[Counter]]] = defaultdict(lambda: {"k": Counter(), "m": Counter()})
+    for key, n in c.kernel.items():
+        groups[key[:si] + key[si + 1:]]["k"][key[si]] += n
+    for key, n in c.counts.items():
+        if n > 0:
+            groups[key[:si] + key[si + 1:]]["m"][key[si]] += n
+    bad = []
+    dims = [d for d in series.dims if d != "status"]
+    for group, sides in sorted(groups.items()):
+        if not sides["k"] or not sides["m"]:
+            continue  # one side has no request of this method/route at all: KT-002's business
+        where = " ".join(f"{d}={v}" for d, v in zip(dims, group))
+        for status in sorted(set(sides["m"]) - set(sides["k"])):
+            bad.append(f"{where}: metric status {status} x{sides['m'][status]:g}, wire "
+                       f"{dict(sides['k'])}")
+    return bad, f"compared status labels of {candidate.sample}"
+
+
+# ------------------------------------------------------------------------------ KT-006
+@check("KT-006")
+def span_inside_kernel_window(ctx: CheckContext) -> Finding:
+    clock = ctx.evidence.meta.clock or {}
+    slack_ns = int(ctx.threshold("skew_ms") * 1e6) + int(clock.get("uncertainty_ns") or 0)
+    limit_pct = ctx.threshold("violations_pct")
+    rows = []
+    for r in ctx.joined.answered:
+        if len(r.spans) != 1 or r.kernel.t_resp_last is None:
+            continue
+        s, k = r.spans[0], r.kernel
+        rows.append((r, k.t_req_first - s.start_ns, s.end_ns - k.t_resp_last))
+    expected = {"span_start": "≥ kernel first request byte − slack",
+                "span_end": "≤ kernel last response byte + slack", "slack_us": slack_ns // 1000,
+                "violations_pct_max": limit_pct}
+    if not rows:
+        return Finding.inconclusive("no answered request is joined to exactly one server span "
+                                    "(see KT-001)", None, expected)
+    bad = [(r, early, late) for r, early, late in rows if early > slack_ns or late > slack_ns]
+    pct = 100.0 * len(bad) / len(rows)
+    observed = {"requests": len(rows), "violations": len(bad), "violations_pct": round(pct, 3),
+                "start_early_us": describe([e / 1000 for _, e, _ in rows]),
+                "end_late_us": describe([x / 1000 for _, _, x in rows]),
+                "clock_uncertainty_us": int(clock.get("uncertainty_ns") or 0) // 1000}
+    worst = sorted(bad, key=lambda x: -max(x[1], x[2]))[:SAMPLES]
+    evidence = {"worst": [_ref(r.kernel, r.trace_id, span_started_early_us=round(e / 1000, 1),
+                               span_ended_late_us=round(x / 1000, 1)) for r, e, x in worst]}
+    if pct > limit_pct:
+        r, e, x = worst[0]
+        side = f"started {e / 1000:.0f} us before" if e >= x else f"ended {x / 1000:.0f} us after"
+        return Finding.failed(f"{len(bad)} of {len(rows)} spans ({pct:.3g}%) lie outside the "
+                              f"kernel window by more than {slack_ns / 1000:.0f} us, e.g. "
+                              f"{r.kernel.method} {r.kernel.target} (trace {r.trace_id}) {side} "
+                              "the kernel saw the request", observed, expected, **evidence)
+    return Finding.passed(f"{len(rows) - len(bad)} of {len(rows)} spans inside the kernel window "
+                          f"(slack {slack_ns / 1000:.0f} us)", observed, expected, **evidence)
+
+
+# ------------------------------------------------------------------------------ KT-004
+def _histogram_base(expo: Exposition, named: Any) -> str | None:
+    """The duration histogram: the scenario's metric or KT-002's candidate when it is one,
+    else the first histogram among the known exporters' names."""
+    types = {f.name: f.type for f in expo.families}
+    candidate, _, _ = find_prometheus_metric(expo, named)
+    names = [candidate.sample] if candidate else []
+    names += [c.sample for c in PROM_CANDIDATES]
+    for sample in names:
+        base = sample.removesuffix("_count")
+        if sample.endswith("_count") and types.get(base) == "histogram":
+            return base
+    return None
+
+
+def _scale(base: str) -> float:
+    return next((v for suffix, v in _UNIT_SCALE.items() if base.endswith(suffix)), 1.0)
+
+
+@check("KT-004")
+def histogram_agrees_with_kernel(ctx: CheckContext) -> Finding:
+    ev, j = ctx.evidence, ctx.joined
+    rel, slack_s = ctx.threshold("sum_rel_tolerance"), ctx.threshold("slack_ms") / 1000.0
+    limit_pct = ctx.threshold("misplaced_pct")
+    expected = {"sum": f"within max({rel:g} x kernel sum, {slack_s * 1000:g} ms x requests)",
+                "misplaced_pct_max": limit_pct}
+    before, after = last_good(ev, "before"), last_good(ev, "after")
+    if before is None or after is None:
+        return Finding.inconclusive("no before and after /metrics scrapes", None, expected)
+    b, a = parsed_scrape(ctx, before), parsed_scrape(ctx, after)
+    if b.error or a.error:
+        return Finding.inconclusive(f"scrape does not parse: {b.error or a.error} (see SC-001)",
+                                    None, expected)
+    base = _histogram_base(a, (ev.meta.scenario or {}).get("metric"))
+    if base is None:
+        return Finding.inconclusive("no request duration histogram in /metrics", None, expected)
+    hb, ha = histogram_series(b, base), histogram_series(a, base)
+    agent_paths = {k.path for k in j.agent_requests} | {metrics_path(ev)}
+    route_label = next((n for n in ROUTE_LABELS if any(n in dict(k) for k in ha)), None)
+    keep = [k for k in ha if not (route_label and any(
+        dict(k).get(route_label) == p for p in agent_paths))]
+    count = sum((ha[k]["count"] or 0) - ((hb.get(k) or {}).get("count") or 0) for k in keep)
+    msum = sum((ha[k]["sum"] or 0) - ((hb.get(k) or {}).get("sum") or 0) for k in keep) * _scale(base)
+    reqs = [r.kernel for r in j.answered if before.t_ns <= r.kernel.t_req_first < after.t_ns
+            and r.kernel.duration_ns is not None and not (route_label and r.kernel.path in agent_paths)]
+    agent = [k for k in j.agent_requests if before.t_ns <= k.t_req_first < after.t_ns
+             and k.duration_ns is not None]
+    if route_label is None and count == len(reqs) + len(agent) and agent:
+        reqs = reqs + agent  # no route label: the histogram counts the agent's scrapes too
+    observed: dict[str, Any] = {"metric": base, "metric_count": count, "kernel_count": len(reqs)}
+    if count != len(reqs) or not reqs:
+        return Finding.inconclusive(f"{base} counts {count:g} requests, the kernel {len(reqs)}: "
+                                    "sum and buckets are not comparable (see KT-002)",
+                                    observed, expected)
+    durs = sorted(k.duration_ns / 1e9 for k in reqs)
+    ksum = math.fsum(durs)
+    allowed = max(rel * ksum, slack_s * len(durs))
+    bounds = sorted(set.intersection(*(set(ha[k]["buckets"]) for k in keep)) - {math.inf})
+    cum = {le: sum(ha[k]["buckets"].get(le, 0) - ((hb.get(k) or {}).get("buckets") or {}).get(le, 0)
+                   for k in keep) for le in bounds}
+    rows, misplaced = [], 0.0
+    for le in bounds:
+        bound_s = le * _scale(base)
+        lo = bisect.bisect_right(durs, bound_s - slack_s)  # surely at or below the bound
+        hi = bisect.bisect_right(durs, bound_s + slack_s)  # possibly at or below
+        m = cum[le]
+        off = max(0.0, lo - m, m - hi)
+        misplaced = max(misplaced, off)
+        rows.append({"le": le, "metric_cumulative": m, "kernel_between": [lo, hi],
+                     "misplaced": off})
+    misplaced_pct = 100.0 * misplaced / len(durs)
+    observed.update({"metric_sum_s": round(msum, 6), "kernel_sum_s": round(ksum, 6),
+                     "sum_diff_s": round(msum - ksum, 6), "sum_allowed_s": round(allowed, 6),
+                     "misplaced": misplaced, "misplaced_pct": round(misplaced_pct, 3)})
+    evidence = {"buckets": rows, "unit_scale": _scale(base)}
+    problems = []
+    if abs(msum - ksum) > allowed:
+        problems.append(f"{base} sum grew by {msum:.4f} s, the kernel saw {ksum:.4f} s over "
+                        f"{len(durs)} requests ({(msum - ksum) / len(durs) * 1000:+.2f} ms each)")
+    if misplaced_pct > limit_pct:
+        worst = max(rows, key=lambda r: r["misplaced"])
+        problems.append(f"{misplaced:g} observation(s) ({misplaced_pct:.3g}%) in another bucket "
+                        f"than the kernel duration, e.g. le={worst['le']:g}: metric "
+                        f"{worst['metric_cumulative']:g}, kernel {worst['kernel_between']}")
+    if problems:
+        return Finding.failed("; ".join(problems), observed, expected, **evidence)
+    return Finding.passed(f"{base}: sum within {allowed * 1000:.1f} ms of the kernel's "
+                          f"{ksum:.4f} s, {misplaced_pct:.3g}% misplaced", observed, expected,
+                          **evidence)

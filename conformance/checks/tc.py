@@ -1,0 +1,276 @@
+"""Trace-context checks TC-001..TC-004 (W3C Trace Context level 1 on the wire): the server span
+continues a valid traceparent, outbound calls carry the trace, invalid values restart it,
+and the trace-ids the SUT makes up are valid and unique."""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from typing import Any
+
+from agent.tracecontext import TraceParent, is_valid_trace_id, parse_traceparent, parse_tracestate
+from conformance.model import Finding
+from conformance.registry import CheckContext, check
+from conformance.scenario import fanout_routes
+from conformance.view import Outbound, RequestView, View, view_of
+
+SAMPLES = 10
+_HEX_RUN = re.compile(r"[0-9a-fA-F]{16,}")
+
+
+def outbound_traceparent(o: Outbound) -> tuple[TraceParent | None, str]:
+    """The one valid traceparent of an outbound call, else None and what is wrong."""
+    values = o.values("traceparent")
+    if not values:
+        return None, "no traceparent"
+    if len(values) > 1:
+        return None, f"{len(values)} traceparent headers"
+    tp = parse_traceparent(values[0])
+    return (tp, "") if tp else (None, f"invalid traceparent {values[0]!r}")
+
+
+def _windows(text: str, width: int) -> set[str]:
+    """Every ``width``-long hex window of the hex runs in ``text``, lower-cased: what a
+    receiver could have taken as a trace-id (32) or parent-id (16) from a broken value."""
+    out: set[str] = set()
+    for run in _HEX_RUN.findall(text):
+        run = run.lower()
+        out.update(run[i:i + width] for i in range(len(run) - width + 1))
+    return out
+
+
+def _spans_of_trace(view: View, trace_id: str) -> dict[str, Any]:
+    return {s.span_id: s for s in view.spans_by_trace.get(trace_id, [])}
+
+
+def _outbound_ref(o: Outbound) -> dict[str, Any]:
+    return {"witness": o.witness, "outbound": f"{o.method} {o.path}",
+            "traceparent": o.values("traceparent"), "tracestate": o.values("tracestate")}
+
+
+@check("TC-001")
+def server_span_continues_context(ctx: CheckContext) -> Finding:
+    view = view_of(ctx)
+    valid = [r for r in view.requests if r.driver.trace_id]
+    expected = {"server_span": "trace_id = inbound trace-id, parent_span_id = inbound parent-id"}
+    if not valid:
+        return Finding.skipped("the driver sent no valid traceparent: nothing to continue")
+    continued, broken, without = [], [], []
+    for r in valid:
+        d = r.driver
+        if view.spans_by_key.get((d.trace_id, d.parent_id)):
+            continued.append(r)
+        elif r.spans:
+            broken.append(r)
+        else:
+            without.append(r)
+    observed = {"requests_with_valid_traceparent": len(valid), "continued": len(continued),
+                "not_continued": len(broken), "no_server_span": len(without)}
+    evidence = {
+        "failures": [r.ref(expected_trace_id=r.driver.trace_id,
+                           expected_parent_span_id=r.driver.parent_id) for r in broken[:SAMPLES]],
+        "no_span_samples": [r.ref() for r in without[:SAMPLES]],
+        "notes": ["requests without any server span are KT-001's business (or unsampled)"]
+        if without else [],
+    }
+    if broken:
+        r = broken[0]
+        return Finding.failed(
+            f"{len(broken)} of {len(valid)} requests with a valid traceparent got a server span "
+            f"that does not continue it, e.g. {r.case or r.driver.phase}: sent "
+            f"{r.driver.request_headers.get('traceparent')}, span trace_id {r.span.trace_id} "
+            f"parent {r.span.parent_span_id or '(none)'}", observed, expected, **evidence)
+    if not continued:
+        return Finding.inconclusive("no server span was exported for any request that sent a "
+                                    "valid traceparent", observed, expected, **evidence)
+    return Finding.passed(f"{len(continued)} server spans continue the inbound traceparent "
+                          "(trace-id kept, parent = inbound parent-id)", observed, expected,
+                          **evidence)
+
+
+def _judge_outbound(view: View, r: RequestView, o: Outbound) -> list[str]:
+    """What is wrong with one outbound call of request ``r`` (TC-002)."""
+    tp, why = outbound_traceparent(o)
+    if tp is None:
+        return [why]
+    d = r.driver
+    problems = []
+    if d.trace_id:
+        if tp.trace_id != d.trace_id:
+            problems.append(f"trace-id {tp.trace_id} is not the inbound {d.trace_id}")
+        if tp.parent_id == d.parent_id:
+            problems.append("parent-id is still the caller's (not updated to a span of the SUT)")
+    elif r.span is not None and tp.trace_id != r.span.trace_id:
+        problems.append(f"trace-id {tp.trace_id} is not the server span's {r.span.trace_id}")
+    exported = _spans_of_trace(view, tp.trace_id)
+    if exported and tp.parent_id not in exported:
+        problems.append(f"parent-id {tp.parent_id} is no span the SUT exported for the trace")
+    sent_ts = d.request_headers.get("tracestate")
+    if d.trace_id and sent_ts:
+        sent = parse_tracestate(sent_ts) or []
+        got = parse_tracestate(o.values("tracestate")) if o.values("tracestate") else []
+        got_keys = [k for k, _ in got or []]
+        missing = [f"{k}={v}" for k, v in sent if (k, v) not in (got or [])]
+        order_kept = [k for k in got_keys if k in dict(sent)] == [k for k, _ in sent
+                                                                 if k in got_keys]
+        if missing:
+            problems.append(f"tracestate not forwarded: {', '.join(missing)} missing")
+        elif not order_kept:
+            problems.append("tracestate members forwarded out of order")
+    return problems
+
+
+@check("TC-002")
+def outbound_carries_context(ctx: CheckContext) -> Finding:
+    view = view_of(ctx)
+    fan = [r for r in view.requests if r.fanout]
+    expected = {"outbound": "one valid traceparent, same trace-id, parent-id = a span of the "
+                            "SUT; tracestate members forwarded in order"}
+    if not fan:
+        routes = fanout_routes(ctx.evidence.meta.scenario or {})
+        return Finding.skipped("no request went to a fan-out route (scenario fanout.routes: "
+                               f"{routes or 'none'}): no outbound call to check")
+    failures, witnessed, unwitnessed, calls = [], 0, [], 0
+    witnesses: dict[str, int] = defaultdict(int)
+    for r in fan:
+        outs = r.witnesses
+        if not outs:
+            unwitnessed.append(r)
+            continue
+        witnessed += 1
+        for o in outs:
+            calls += 1
+            witnesses[o.witness] += 1
+            problems = _judge_outbound(view, r, o)
+            if problems:
+                failures.append(r.ref(problems=problems, **_outbound_ref(o)))
+    observed = {"fanout_requests": len(fan), "witnessed": witnessed,
+                "unwitnessed": len(unwitnessed), "outbound_calls": calls,
+                "calls_failing": len(failures), "witnesses": dict(witnesses),
+                "unattributed_downstream_records": len(view.unattributed)}
+    evidence = {"failures": failures[:SAMPLES],
+                "unwitnessed_samples": [r.ref() for r in unwitnessed[:SAMPLES]]}
+    if failures:
+        f = failures[0]
+        return Finding.failed(
+            f"{len(failures)} of {calls} outbound calls break propagation, e.g. {f['case']}: "
+            f"sent {f['traceparent_sent']}, outbound ({f['witness']}) traceparent "
+            f"{f['traceparent'] or '(none)'}: {f['problems'][0]}", observed, expected, **evidence)
+    if not witnessed:
+        return Finding.inconclusive(
+            f"none of {len(fan)} fan-out requests was seen calling out (no kernel client "
+            "request, no downstream sink record): does the SUT call OBSCONFORM_DOWNSTREAM_URL?",
+            observed, expected, **evidence)
+    return Finding.passed(f"{calls} outbound calls of {witnessed} requests carry the trace "
+                          f"(witness: {', '.join(sorted(witnesses))})", observed, expected,
+                          **evidence)
+
+
+@check("TC-003")
+def invalid_traceparent_restarts(ctx: CheckContext) -> Finding:
+    view = view_of(ctx)
+    invalid = view.where("tc/invalid/")
+    expected = {"server_span": "new trace-id (none sent), no parent from the header",
+                "outbound": "traceparent with a new trace-id and a new parent-id, the trace-id "
+                            "of the new server span"}
+    if not invalid:
+        return Finding.skipped("the driver sent no invalid traceparent (no tc/invalid/* case)")
+    failures, judged, by_variant = [], 0, defaultdict(lambda: {"judged": 0, "failed": 0})
+    for r in invalid:
+        sent = r.driver.request_headers.get("traceparent", "")
+        tids, pids = _windows(sent, 32), _windows(sent, 16)
+        problems, seen = [], False
+        if r.span is not None:
+            seen = True
+            if r.span.trace_id.lower() in tids:
+                problems.append(f"server span continues the invalid trace-id {r.span.trace_id}")
+            if r.span.parent_span_id and r.span.parent_span_id.lower() in pids:
+                problems.append(f"server span's parent is the invalid parent-id "
+                                f"{r.span.parent_span_id}")
+        for o in r.witnesses:
+            tp, _ = outbound_traceparent(o)
+            if tp is None:
+                continue  # no or broken outbound traceparent: TC-002 says so
+            seen = True
+            if tp.trace_id in tids:
+                problems.append(f"outbound ({o.witness}) continues the invalid trace-id")
+            if tp.parent_id in pids:
+                problems.append(f"outbound ({o.witness}) parent-id is the inbound {tp.parent_id}")
+            if r.span is not None and tp.trace_id != r.span.trace_id:
+                problems.append(f"outbound trace-id {tp.trace_id} is not the new trace "
+                                f"{r.span.trace_id} of the server span")
+        variant = r.case.removeprefix("tc/invalid/")
+        if seen:
+            judged += 1
+            by_variant[variant]["judged"] += 1
+        if problems:
+            by_variant[variant]["failed"] += 1
+            failures.append(r.ref(problems=problems,
+                                  outbound=[_outbound_ref(o) for o in r.witnesses]))
+    observed = {"invalid_requests": len(invalid), "judged": judged, "failed": len(failures),
+                "by_variant": {k: dict(v) for k, v in sorted(by_variant.items())}}
+    evidence = {"failures": failures[:SAMPLES],
+                "notes": ["duplicate-header follows the W3C level 1 test harness "
+                          "(test_traceparent_duplicated): two traceparent fields combine per "
+                          "RFC 7230 3.2.2 into a value that is not valid, so neither trace "
+                          "may be continued"]}
+    if failures:
+        f = failures[0]
+        return Finding.failed(f"{len(failures)} of {len(invalid)} invalid traceparent requests "
+                              f"were continued, e.g. {f['case']}: sent {f['traceparent_sent']!r}: "
+                              f"{f['problems'][0]}", observed, expected, **evidence)
+    if not judged:
+        return Finding.inconclusive("no server span or outbound traceparent was seen for any "
+                                    "invalid traceparent request", observed, expected, **evidence)
+    return Finding.passed(f"{judged} requests with invalid traceparent variants "
+                          f"({len(by_variant)} kinds) started a new trace", observed, expected,
+                          **evidence)
+
+
+@check("TC-004")
+def generated_trace_ids_valid_unique(ctx: CheckContext) -> Finding:
+    view = view_of(ctx)
+    started = [r for r in view.requests if not r.driver.trace_id]
+    expected = {"trace_id": "32 lower-case hex, not all zero, one per request"}
+    if not started:
+        return Finding.skipped("every request carried a valid traceparent: the SUT had no trace "
+                               "to start")
+    sent = {r.driver.trace_id for r in view.requests if r.driver.trace_id}
+    owners: dict[str, list[RequestView]] = defaultdict(list)
+    invalid, seen = [], 0
+    for r in started:
+        ids = {s.trace_id for s in r.spans}
+        for o in r.witnesses:
+            values = o.values("traceparent")
+            if len(values) == 1 and len(values[0].split("-")) >= 2:
+                ids.add(values[0].strip().split("-")[1])
+        if ids:
+            seen += 1
+        for tid in ids:
+            owners[tid].append(r)
+            if not is_valid_trace_id(tid):
+                invalid.append(r.ref(generated_trace_id=tid))
+    dup = {tid: rs for tid, rs in owners.items() if len(rs) > 1 or tid in sent}
+    observed = {"requests_without_valid_traceparent": len(started), "with_generated_id": seen,
+                "distinct_ids": len(owners), "invalid": len(invalid), "duplicated_ids": len(dup)}
+    evidence = {
+        "invalid": invalid[:SAMPLES],
+        "duplicates": [{"trace_id": tid, "requests": [r.ref() for r in rs[:5]],
+                        "also_sent_by_the_driver": tid in sent}
+                       for tid, rs in list(dup.items())[:SAMPLES]],
+    }
+    if invalid or dup:
+        parts = []
+        if invalid:
+            parts.append(f"{len(invalid)} generated trace-id(s) are not valid, e.g. "
+                         f"{invalid[0]['generated_trace_id']!r} ({invalid[0]['case']})")
+        if dup:
+            tid, rs = next(iter(dup.items()))
+            parts.append(f"{len(dup)} trace-id(s) serve several requests, e.g. {tid} for "
+                         f"{len(rs)} requests ({', '.join(sorted({x.case for x in rs})[:3])})")
+        return Finding.failed("; ".join(parts), observed, expected, **evidence)
+    if not seen:
+        return Finding.inconclusive("no server span or outbound call shows a trace-id the SUT "
+                                    "generated", observed, expected, **evidence)
+    return Finding.passed(f"{len(owners)} generated trace-ids for {seen} requests: valid and "
+                          "unique", observed, expected, **evidence)

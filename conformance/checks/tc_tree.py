@@ -1,0 +1,120 @@
+"""TC-005: the span tree of every trace the driver's requests started is whole: no orphans,
+no cycles, one server root per inbound request, children inside their parent (SHOULD)."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+from agent.evidence import Span
+from conformance.model import Finding
+from conformance.registry import CheckContext, check
+from conformance.view import view_of
+
+SAMPLES = 10
+# Children may start or end this far outside their parent before it is noted (SHOULD only):
+# spans of one process share its clock, so this covers rounding, not skew.
+WINDOW_SLACK_NS = 1_000_000
+
+
+def _span_ref(s: Span) -> dict[str, Any]:
+    return {"trace_id": s.trace_id, "span_id": s.span_id, "parent_span_id": s.parent_span_id,
+            "name": s.name, "kind": s.kind}
+
+
+def _cycles(spans: dict[str, Span]) -> list[Span]:
+    """Spans whose parent chain loops instead of reaching a root or a missing parent."""
+    state: dict[str, int] = {}  # 1 = on the current path, 2 = done
+    looped: list[Span] = []
+    for start in spans:
+        path: list[str] = []
+        sid: str | None = start
+        while sid in spans and state.get(sid) is None:
+            state[sid] = 1
+            path.append(sid)
+            sid = spans[sid].parent_span_id or None
+        if sid in spans and state.get(sid) == 1:
+            looped.append(spans[sid])
+        for p in path:
+            state[p] = 2
+    return looped
+
+
+@check("TC-005")
+def span_tree_integrity(ctx: CheckContext) -> Finding:
+    view = view_of(ctx)
+    remote_parents: dict[str, set[str]] = defaultdict(set)  # trace → parent-ids the driver sent
+    owner: dict[int, Any] = {}  # id(server span) → its request
+    traces: set[str] = set()
+    for r in view.requests:
+        d = r.driver
+        if d.trace_id:
+            traces.add(d.trace_id)
+            remote_parents[d.trace_id].add(d.parent_id)
+        for s in r.spans:
+            traces.add(s.trace_id)
+            owner[id(s)] = r
+    traces = {t for t in traces if view.spans_by_trace.get(t)}
+    expected = {"orphans": 0, "cycles": 0, "server_roots_per_request": 1,
+                "extra_roots": 0, "duplicate_span_ids": 0}
+    if not traces:
+        return Finding.inconclusive("no span was exported for any trace the driver's requests "
+                                    "started", {"traces": 0}, expected)
+    orphans, extra_roots, dup_ids, cycles, outside = [], [], [], [], []
+    multi_root = [r for r in view.requests if len(r.spans) > 1]
+    n_spans = 0
+    for t in sorted(traces):
+        spans = view.spans_by_trace[t]
+        n_spans += len(spans)
+        by_id: dict[str, Span] = {}
+        for s in spans:
+            if s.span_id in by_id:
+                dup_ids.append(_span_ref(s))
+            by_id[s.span_id] = s
+        for s in spans:
+            parent = s.parent_span_id
+            if parent and parent in by_id:
+                p = by_id[parent]
+                if (s.start_ns < p.start_ns - WINDOW_SLACK_NS
+                        or s.end_ns > p.end_ns + WINDOW_SLACK_NS):
+                    outside.append({**_span_ref(s), "parent_name": p.name,
+                                    "start_before_parent_us": (p.start_ns - s.start_ns) // 1000,
+                                    "end_after_parent_us": (s.end_ns - p.end_ns) // 1000})
+            elif parent and parent not in remote_parents[t]:
+                orphans.append(_span_ref(s))
+            elif id(s) not in owner:  # a root that is no request's server span
+                extra_roots.append(_span_ref(s))
+        cycles += [_span_ref(s) for s in _cycles(by_id)]
+    observed = {"traces": len(traces), "spans": n_spans, "orphans": len(orphans),
+                "cycles": len(cycles), "extra_roots": len(extra_roots),
+                "requests_with_several_server_roots": len(multi_root),
+                "duplicate_span_ids": len(dup_ids), "children_outside_parent_window": len(outside)}
+    evidence = {"orphans": orphans[:SAMPLES], "cycles": cycles[:SAMPLES],
+                "extra_roots": extra_roots[:SAMPLES], "duplicate_span_ids": dup_ids[:SAMPLES],
+                "several_server_roots": [r.ref(span_ids=[s.span_id for s in r.spans])
+                                         for r in multi_root[:SAMPLES]],
+                "outside_parent_window (SHOULD)": outside[:SAMPLES]}
+    problems = []
+    if orphans:
+        o = orphans[0]
+        problems.append(f"{len(orphans)} orphan span(s), e.g. {o['name']!r} {o['span_id']} of "
+                        f"trace {o['trace_id']} names parent {o['parent_span_id']}, which was "
+                        "never exported")
+    if cycles:
+        problems.append(f"{len(cycles)} parent cycle(s), e.g. at span {cycles[0]['span_id']}")
+    if extra_roots:
+        e = extra_roots[0]
+        problems.append(f"{len(extra_roots)} extra root span(s) in the requests' traces, e.g. "
+                        f"{e['kind']} {e['name']!r} {e['span_id']} of trace {e['trace_id']}")
+    if multi_root:
+        r = multi_root[0]
+        problems.append(f"{len(multi_root)} request(s) have several server roots, e.g. "
+                        f"{r.case or r.driver.phase} {r.driver.method} {r.driver.path}")
+    if dup_ids:
+        problems.append(f"{len(dup_ids)} span id(s) appear twice in one trace")
+    if problems:
+        return Finding.failed("; ".join(problems), observed, expected, **evidence)
+    note = (f"; {len(outside)} child span(s) outside their parent's window (SHOULD)"
+            if outside else "")
+    return Finding.passed(f"{len(traces)} traces, {n_spans} spans: no orphan, no cycle, one "
+                          f"server root per request{note}", observed, expected, **evidence)

@@ -1,0 +1,84 @@
+"""What the checks read from the run's resolved scenario (``RunMeta.scenario``, see
+docs/SCENARIO.md): fan-out routes, route templates, the bizCode header, the errcode catalogue
+and its wire codes, and the driver's case names."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from agent.evidence import DriverRecord
+from conformance.httpsem import route_matches
+
+FANOUT_SUFFIX = "@fanout"
+DEFAULT_BIZ_CODE_HEADER = "X-Biz-Code"
+BIZ_DEFAULT = "default"
+MAX_REASON = 0xFFF
+
+
+def fanout_routes(scenario: dict[str, Any]) -> list[str]:
+    """Paths or route templates whose requests make the SUT call the downstream."""
+    fanout = scenario.get("fanout") or []
+    routes = fanout.get("routes", []) if isinstance(fanout, dict) else fanout
+    return [str(r) for r in routes or []]
+
+
+def route_of(scenario: dict[str, Any], path: str) -> str | None:
+    """The route template the scenario gives for a concrete request target."""
+    routes = scenario.get("routes") or {}
+    return routes.get(path) or routes.get(path.split("?", 1)[0])
+
+
+def is_fanout(scenario: dict[str, Any], d: DriverRecord) -> bool:
+    """Whether the request calls the downstream: its case says so, or its route fans out."""
+    if d.case.endswith(FANOUT_SUFFIX):
+        return True
+    routes = fanout_routes(scenario)
+    if not routes:
+        return False
+    path = d.path.split("?", 1)[0]
+    template = route_of(scenario, d.path)
+    return any(r in (d.path, path, template) or route_matches(r, path) for r in routes)
+
+
+def base_case(d: DriverRecord) -> str:
+    """The case without the fan-out suffix: ``tc/invalid/version-ff@fanout`` → ``tc/invalid/version-ff``."""
+    return d.case[: -len(FANOUT_SUFFIX)] if d.case.endswith(FANOUT_SUFFIX) else d.case
+
+
+def biz_header(scenario: dict[str, Any]) -> str:
+    """The bizCode header name, lower-cased (driver and witness headers are lower-case)."""
+    return str(scenario.get("biz_code_header") or DEFAULT_BIZ_CODE_HEADER).lower()
+
+
+def expected_biz_code(scenario: dict[str, Any], d: DriverRecord) -> str:
+    """The bizCode this request carries: the header trimmed, ``default`` when missing or blank."""
+    value = d.request_headers.get(biz_header(scenario))
+    return (value or "").strip(" \t") or BIZ_DEFAULT
+
+
+def wire_code(entry: Any) -> str | None:
+    """``<domain>_<reason as 3 upper-case hex digits>`` of a catalogue entry, None when the
+    entry has no usable domain and reason (EC-005 says why)."""
+    if not isinstance(entry, dict):
+        return None
+    domain, reason = entry.get("domain"), entry.get("reason")
+    if not isinstance(domain, str) or not domain:
+        return None
+    if isinstance(reason, bool) or not isinstance(reason, int) or not 0 <= reason <= MAX_REASON:
+        return None
+    return f"{domain}_{reason:03X}"
+
+
+def errcodes(scenario: dict[str, Any]) -> list[Any]:
+    entries = scenario.get("errcodes")
+    return entries if isinstance(entries, list) else []
+
+
+def catalogue_by_code(scenario: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Catalogue entries by wire code (the first entry wins when a code repeats: EC-005)."""
+    out: dict[str, dict[str, Any]] = {}
+    for entry in errcodes(scenario):
+        code = wire_code(entry)
+        if code is not None and code not in out:
+            out[code] = entry
+    return out

@@ -1,0 +1,221 @@
+"""The driver's view of each request: the DriverRecord joined to its server span(s) and to the
+outbound calls the SUT made while serving it. TC, BC, EC, AL and SC checks read this; it needs
+no kernel truth (kernel client requests are used when present, the downstream sink otherwise).
+
+Spans: by the traceparent sent (trace-id, parent-id), else the kernel join's span for the same
+request, else method + path (or route template) + the span starting inside the request's
+send/receive window. Outbound calls, in order of robustness:
+
+- ``kernel``: client requests whose ``parent_request`` is this request's kernel request;
+- ``downstream``/``time window``: a sink record received while exactly one fan-out request
+  was in flight (no header is trusted, so a wrong trace-id is still seen as wrong);
+- ``downstream``/``trace-id``: a sink record whose traceparent trace-id belongs to exactly one
+  fan-out request (the trace-id sent, or the one its server span carries).
+
+Which one was used is kept on each ``Outbound`` so failures can say it.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from agent.evidence import DownstreamRecord, DriverRecord, Evidence, KernelRequest, Span
+from agent.tracecontext import parse_traceparent
+from conformance.httpsem import route_matches, span_method, span_path, span_route
+from conformance.join import BASE_SLOP_NS, Joined
+from conformance.scenario import base_case, is_fanout
+
+JOIN_KEY, JOIN_KERNEL, JOIN_HEURISTIC = "traceparent", "kernel", "heuristic"
+SOURCE_KERNEL, SOURCE_DOWNSTREAM = "kernel", "downstream"
+HOW_PARENT, HOW_TIME, HOW_TRACE = "parent_request", "time window", "trace-id"
+
+
+@dataclass
+class Outbound:
+    """One outbound call the SUT made, as one witness saw it (headers lower-case)."""
+
+    source: str  # SOURCE_KERNEL | SOURCE_DOWNSTREAM
+    how: str  # HOW_PARENT | HOW_TIME | HOW_TRACE: how it was tied to its inbound request
+    method: str
+    path: str
+    headers: dict[str, list[str]]
+    t_ns: int
+
+    def values(self, name: str) -> list[str]:
+        return list(self.headers.get(name.lower(), []))
+
+    @property
+    def witness(self) -> str:
+        return f"{self.source} ({self.how})"
+
+
+@dataclass
+class RequestView:
+    """One request the driver sent, with its server spans and outbound calls."""
+
+    driver: DriverRecord
+    fanout: bool
+    spans: list[Span] = field(default_factory=list)  # SERVER spans
+    span_join: str = ""
+    kernel: KernelRequest | None = None
+    outbound: list[Outbound] = field(default_factory=list)
+
+    @property
+    def case(self) -> str:
+        return base_case(self.driver)
+
+    @property
+    def span(self) -> Span | None:
+        return self.spans[0] if self.spans else None
+
+    @property
+    def witnesses(self) -> list[Outbound]:
+        """The kernel's view of the outbound calls when it has them, else the sink's."""
+        kernel = [o for o in self.outbound if o.source == SOURCE_KERNEL]
+        return kernel or [o for o in self.outbound if o.source == SOURCE_DOWNSTREAM]
+
+    def ref(self, **extra: Any) -> dict[str, Any]:
+        """How failures name this request (transcript style)."""
+        d = self.driver
+        out = {"case": d.case or d.phase, "seq": d.seq, "request": f"{d.method} {d.path}",
+               "traceparent_sent": d.request_headers.get("traceparent"),
+               "status": d.status}
+        if self.span is not None:
+            out["span"] = {"trace_id": self.span.trace_id, "span_id": self.span.span_id,
+                           "parent_span_id": self.span.parent_span_id}
+        out.update(extra)
+        return out
+
+
+@dataclass
+class View:
+    requests: list[RequestView]
+    unattributed: list[DownstreamRecord]  # sink records tied to no request
+    spans_by_trace: dict[str, list[Span]]
+    spans_by_key: dict[tuple[str, str], list[Span]]  # (trace_id, parent_span_id), any kind
+
+    def where(self, prefix: str) -> list[RequestView]:
+        """Requests whose case (without @fanout) starts with ``prefix``."""
+        return [r for r in self.requests if r.case.startswith(prefix)]
+
+
+def build_view(evidence: Evidence, joined: Joined | None) -> View:
+    scenario = evidence.meta.scenario or {}
+    slop = BASE_SLOP_NS + int(evidence.meta.clock.get("uncertainty_ns") or 0)
+    reqs = [RequestView(d, is_fanout(scenario, d))
+            for d in sorted(evidence.driver, key=lambda d: (d.t_send_ns, d.seq))]
+    by_trace: dict[str, list[Span]] = defaultdict(list)
+    by_key: dict[tuple[str, str], list[Span]] = defaultdict(list)
+    for s in evidence.spans:
+        by_trace[s.trace_id].append(s)
+        by_key[(s.trace_id, s.parent_span_id)].append(s)
+    agent_spans = {id(s) for s in joined.agent_spans} if joined else set()
+    pool = {id(s): s for s in evidence.spans if s.kind == "SERVER" and id(s) not in agent_spans}
+
+    for r in reqs:  # 1. the traceparent sent
+        d = r.driver
+        if d.trace_id:
+            found = [s for s in by_key.get((d.trace_id, d.parent_id), []) if id(s) in pool]
+            for s in found:
+                del pool[id(s)]
+            if found:
+                r.spans, r.span_join = found, JOIN_KEY
+    if joined is not None:  # 2. the kernel join, which timed the request on the wire
+        by_driver = {id(j.driver): j for j in joined.requests if j.driver is not None}
+        for r in reqs:
+            j = by_driver.get(id(r.driver))
+            if j is None:
+                continue
+            r.kernel = j.kernel
+            if not r.spans:
+                found = [s for s in j.spans if id(s) in pool]
+                for s in found:
+                    del pool[id(s)]
+                if found:
+                    r.spans, r.span_join = found, JOIN_KERNEL
+            r.outbound += [_from_kernel(c) for c in j.outbound]
+    _join_heuristic([r for r in reqs if not r.spans], pool, slop)
+    unattributed = _attach_downstream(reqs, evidence.downstream, slop)
+    return View(reqs, unattributed, dict(by_trace), dict(by_key))
+
+
+def _from_kernel(k: KernelRequest) -> Outbound:
+    return Outbound(SOURCE_KERNEL, HOW_PARENT, k.method, k.target, k.headers, k.t_req_first)
+
+
+def _join_heuristic(reqs: list[RequestView], pool: dict[int, Span], slop: int) -> None:
+    """Same method, same path or a route template matching it, starting in the window."""
+    if not reqs or not pool:
+        return
+    spans = sorted(pool.values(), key=lambda s: s.start_ns)
+    starts = [s.start_ns for s in spans]
+    for r in reqs:
+        d = r.driver
+        path = d.path.split("?", 1)[0]
+        lo = d.t_send_ns - slop
+        hi = (d.t_recv_ns or d.t_send_ns) + slop
+        best = None
+        for i in range(bisect.bisect_left(starts, lo), bisect.bisect_right(starts, hi)):
+            s = spans[i]
+            if id(s) not in pool or (span_method(s) or d.method.upper()) != d.method.upper():
+                continue
+            sp, route = span_path(s), span_route(s)
+            if sp is not None and sp != path:
+                continue
+            if sp is None and (route is None or not route_matches(route, path)):
+                continue
+            if best is None or abs(s.start_ns - d.t_send_ns) < abs(best.start_ns - d.t_send_ns):
+                best = s
+        if best is not None:
+            del pool[id(best)]
+            r.spans, r.span_join = [best], JOIN_HEURISTIC
+
+
+def _trace_ids(r: RequestView) -> set[str]:
+    ids = {s.trace_id for s in r.spans}
+    if r.driver.trace_id:
+        ids.add(r.driver.trace_id)
+    return ids
+
+
+def _recv(r: RequestView) -> int:
+    return r.driver.t_recv_ns or r.driver.t_send_ns
+
+
+def _attach_downstream(reqs: list[RequestView], records: list[DownstreamRecord],
+                       slop: int) -> list[DownstreamRecord]:
+    """Tie each sink record to one fan-out request (time window, else trace-id)."""
+    fan = sorted((r for r in reqs if r.fanout), key=lambda r: r.driver.t_send_ns)
+    sends = [r.driver.t_send_ns for r in fan]
+    longest = max((_recv(r) - r.driver.t_send_ns for r in fan), default=0)
+    by_trace: dict[str, list[RequestView]] = defaultdict(list)
+    for r in fan:
+        for tid in _trace_ids(r):
+            by_trace[tid].append(r)
+    left: list[DownstreamRecord] = []
+    for rec in sorted(records, key=lambda x: x.t_ns):
+        lo = bisect.bisect_left(sends, rec.t_ns - longest - slop)
+        hi = bisect.bisect_right(sends, rec.t_ns + slop)
+        inflight = [r for r in fan[lo:hi] if rec.t_ns <= _recv(r) + slop]
+        target, how = (inflight[0], HOW_TIME) if len(inflight) == 1 else (None, "")
+        if target is None:
+            values = rec.headers.get("traceparent", [])
+            tp = parse_traceparent(values[0]) if len(values) == 1 else None
+            owners = by_trace.get(tp.trace_id, []) if tp else []
+            if len(owners) == 1:
+                target, how = owners[0], HOW_TRACE
+        if target is None:
+            left.append(rec)
+            continue
+        target.outbound.append(Outbound(SOURCE_DOWNSTREAM, how, rec.method, rec.path,
+                                        rec.headers, rec.t_ns))
+    return left
+
+
+def view_of(ctx: Any) -> View:
+    """The view of a check context, built once per evaluation."""
+    joined = ctx.joined if ctx.evidence.kernel else None
+    return ctx.shared("view", lambda: build_view(ctx.evidence, joined))
