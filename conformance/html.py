@@ -62,6 +62,19 @@ def load_series(evidence_dir: Path | None) -> Series:
     return s
 
 
+def find_evidence(report: dict, report_path: Path | None = None) -> Path | None:
+    """The run's evidence directory: the report's own, else next to a downloaded copy of it
+    (``obsconform run --agent`` lays out ``OUT/runs/<run dir>`` like a local run)."""
+    recorded = (report.get("run") or {}).get("evidence_dir") or ""
+    candidates = [Path(recorded)] if recorded else []
+    if report_path is not None:
+        here = Path(report_path).resolve().parent
+        candidates.append(here)
+        if recorded:
+            candidates.append(here / "runs" / Path(recorded).name)
+    return next((c for c in candidates if (c / "meta.json").is_file()), None)
+
+
 # -- small SVG toolkit ------------------------------------------------------------------
 
 def nice_ticks(lo: float, hi: float, n: int = 5) -> list[float]:

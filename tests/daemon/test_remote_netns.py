@@ -129,6 +129,13 @@ def test_remote_run_over_the_veth_pair_end_to_end(hosts, daemons, agent_target, 
     assert_valid_junit((out / "junit.xml").read_text(), report)
     page = (out / "report.html").read_text()
     assert f">{report['summary']['verdict']}<" in page and 'id="chart-loss"' in page
+    assert "is not available here" not in page, "the charts read the downloaded evidence"
+    # Later, on the CI host, from the downloaded report alone: the evidence next to it is found.
+    again = hosts.cli("report", "html", str(out / "CNCF-compliance-report.json"), "-o", str(out / "again.html"))
+    assert again.returncode == 0, again.stderr
+    bars = (out / "again.html").read_text().count("without a span")
+    assert bars == page.count("without a span")
+    assert (bars > 0) == (mode == "ebpf"), "loss-over-time bars exactly when the kernel saw requests"
 
 
 def test_remote_exit_code_equals_a_local_run(hosts, daemons, agent_target, tmp_path):
