@@ -253,12 +253,15 @@ def report_junit(file: Path, output: Path | None) -> None:
 @click.argument("file", type=click.Path(path_type=Path))
 @click.option("-o", "--output", type=click.Path(path_type=Path), default=None, help="Default: FILE with .html.")
 @click.option("--evidence", type=click.Path(path_type=Path), default=None,
-              help="The run's evidence directory, for the charts (default: the report's run.evidence_dir).")
+              help="The run's evidence directory, for the charts (default: the report's, or the one "
+                   "downloaded next to FILE by run --agent).")
 def report_html(file: Path, output: Path | None, evidence: Path | None) -> None:
     """Write a self-contained HTML page: verdict, check table, charts."""
-    from conformance.html import write_html
+    from conformance.html import find_evidence, write_html
 
-    click.echo(f"wrote {write_html(_load_report(file), output or file.with_suffix('.html'), evidence)}")
+    report = _load_report(file)
+    path = write_html(report, output or file.with_suffix(".html"), evidence or find_evidence(report, file))
+    click.echo(f"wrote {path}")
 
 
 def main() -> None:
