@@ -81,7 +81,7 @@ class ApiHandler(BaseHTTPRequestHandler):
             status = handler() or 200
         except ApiError as e:
             status = e.status
-            if e.status in (400, 411, 413):
+            if self.headers.get("Transfer-Encoding") or self.headers.get("Content-Length", "0").strip() != "0":
                 self.close_connection = True  # the body may be unread: the connection is not reusable
             self._json(e.status, {"error": str(e)}, e.headers)
         except (BrokenPipeError, ConnectionResetError):
