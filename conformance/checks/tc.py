@@ -29,7 +29,7 @@ def outbound_traceparent(o: Outbound) -> tuple[TraceParent | None, str]:
     return (tp, "") if tp else (None, f"invalid traceparent {values[0]!r}")
 
 
-def _windows(text: str, width: int) -> set[str]:
+def hex_windows(text: str, width: int) -> set[str]:
     """Every ``width``-long hex window of the hex runs in ``text``, lower-cased: what a
     receiver could have taken as a trace-id (32) or parent-id (16) from a broken value."""
     out: set[str] = set()
@@ -178,7 +178,7 @@ def invalid_traceparent_restarts(ctx: CheckContext) -> Finding:
     failures, judged, by_variant = [], 0, defaultdict(lambda: {"judged": 0, "failed": 0})
     for r in invalid:
         sent = r.driver.request_headers.get("traceparent", "")
-        tids, pids = _windows(sent, 32), _windows(sent, 16)
+        tids, pids = hex_windows(sent, 32), hex_windows(sent, 16)
         problems, seen = [], False
         if r.span is not None:
             seen = True

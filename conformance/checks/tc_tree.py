@@ -7,6 +7,7 @@ from collections import defaultdict
 from typing import Any
 
 from agent.evidence import Span
+from conformance.checks.tc import hex_windows
 from conformance.model import Finding
 from conformance.registry import CheckContext, check
 from conformance.view import view_of
@@ -51,9 +52,14 @@ def span_tree_integrity(ctx: CheckContext) -> Finding:
         if d.trace_id:
             traces.add(d.trace_id)
             remote_parents[d.trace_id].add(d.parent_id)
+        sent = d.request_headers.get("traceparent", "")
         for s in r.spans:
             traces.add(s.trace_id)
             owner[id(s)] = r
+            # A server span parented to what the request carried (even an invalid value
+            # the SUT wrongly accepted: TC-003's business) has a remote parent, not a lost one.
+            if sent:
+                remote_parents[s.trace_id] |= hex_windows(sent, 16)
     traces = {t for t in traces if view.spans_by_trace.get(t)}
     expected = {"orphans": 0, "cycles": 0, "server_roots_per_request": 1,
                 "extra_roots": 0, "duplicate_span_ids": 0}

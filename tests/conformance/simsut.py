@@ -131,6 +131,8 @@ class SimSut:
         spans = [s for s in self.memory.get_finished_spans()
                  if s.context.trace_id not in self.dropped]
         self.b.spans = spans_from_request(encode_spans(spans)) if spans else []
+        if not self.kernel:
+            self.b.kernel = []  # degraded mode: the scrapes' agent requests went unseen too
         return self.b.build()
 
     # ------------------------------------------------------------------ one request
@@ -141,10 +143,13 @@ class SimSut:
         joined = ", ".join(values)
         if self.f.accept_invalid and values and parse_traceparent(joined) is None:
             parts = values[0].strip().split("-")
-            if len(parts) >= 4 and len(parts[1]) == 32 and len(parts[2]) == 16:
-                ctx = SpanContext(int(parts[1], 16), int(parts[2], 16), True,
-                                  TraceFlags(int(parts[3][:2] or "1", 16)))
-                return trace.set_span_in_context(NonRecordingSpan(ctx))
+            try:  # a lenient parser: any case, any version, anything after the flags
+                if len(parts) >= 4 and len(parts[1]) == 32 and len(parts[2]) == 16:
+                    ctx = SpanContext(int(parts[1], 16), int(parts[2], 16), True, TraceFlags(1))
+                    if ctx.is_valid:
+                        return trace.set_span_in_context(NonRecordingSpan(ctx))
+            except ValueError:
+                pass
         # WSGI servers join repeated headers with ", " (OTel then sees one invalid value);
         # the ASGI getter hands OTel the list, and it takes the first.
         carrier = {"traceparent": values if self.f.first_of_duplicates else joined} if values else {}
@@ -191,7 +196,7 @@ class SimSut:
             self._call_out(span, kernel, out_biz, t0 + dur // 3)
         if f.orphan_child:
             ghost = trace.set_span_in_context(NonRecordingSpan(SpanContext(
-                sc.trace_id, 0x1234567890ABCDEF, False, TraceFlags(1))))
+                sc.trace_id, 0x1234567890ABCDEF, False, sc.trace_flags)))
             tracer.start_span("lost-parent", context=ghost, start_time=start + 10 * US).end(
                 end_time=start + 20 * US)
         resp_headers: dict[str, str] = {"content-type": "application/json"}
@@ -223,7 +228,8 @@ class SimSut:
             for entry in self.scenario["errcodes"]:
                 code = wire_code(entry)
                 if code == req.case[3:]:
-                    return self.f.wrong_status.get(code, entry["http_status"]), code, entry
+                    status = entry["http_status"] if isinstance(entry["http_status"], int) else 500
+                    return self.f.wrong_status.get(code, status), code, entry
         return (201 if req.method.upper() == "POST" else 200), None, None
 
     def _attributes(self, method: str, path: str, route: str | None, status: int) -> dict:

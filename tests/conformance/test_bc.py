@@ -1,0 +1,69 @@
+"""BC-001..BC-003 on the simulated reference service: the bizCode phases of the real planner
+(present, padded, missing, 64 interleaved requests) and a thread-local that leaks."""
+
+from __future__ import annotations
+
+import pytest
+
+from conformance import evaluate
+from conformance.model import Status
+from tests.conformance.builders import Req, result
+
+
+def one(ev, check_id):
+    return result(evaluate(ev, select=[check_id]), check_id)
+
+
+CASES = [
+    pytest.param("BC-001", {}, Status.PASS, "carry their request's x-biz-code", id="BC-001-pass"),
+    pytest.param("BC-001", {"kernel": False}, Status.PASS, "x-biz-code", id="BC-001-pass-no-ebpf"),
+    pytest.param("BC-001", {"leak_bizcode": True}, Status.FAIL,
+                 "bc/missing: sent None, expected 'default'", id="BC-001-fail-thread-local-leak"),
+    pytest.param("BC-002", {}, Status.PASS, "no leak", id="BC-002-pass"),
+    pytest.param("BC-002", {"kernel": False}, Status.PASS, "no leak", id="BC-002-pass-no-ebpf"),
+    pytest.param("BC-002", {"leak_bizcode": True}, Status.FAIL,
+                 "leak(s) of another concurrent request's bizCode", id="BC-002-fail-leak"),
+    pytest.param("BC-003", {}, Status.PASS, "carry their request's biz.code", id="BC-003-pass"),
+    pytest.param("BC-003", {"no_biz_attr": True}, Status.FAIL, "have no biz.code attribute",
+                 id="BC-003-fail-no-attribute"),
+]
+
+
+@pytest.mark.parametrize("check_id, kw, status, fragment", CASES)
+def test_bc_checks_pass_and_fail(sim, check_id, kw, status, fragment):
+    r = one(sim(**kw), check_id)
+    assert r.status == status, r.message
+    assert fragment in r.message
+
+
+def test_bc001_trims_the_padded_code_and_judges_every_case(sim):
+    r = one(sim(), "BC-001")
+    cases = r.observed["by_case"]
+    assert {"bc/present", "bc/padded", "bc/missing"} <= set(cases)
+    assert all(v["wrong"] == 0 and v["calls"] >= 1 for v in cases.values())
+
+
+def test_bc002_names_whose_code_leaked_into_which_request(sim):
+    r = one(sim(leak_bizcode=True), "BC-002")
+    leak = r.evidence["leaks"][0]
+    assert leak["expected"] == "default" and leak["got"].startswith("BIZ-")
+    assert leak["where"].startswith("outbound kernel (parent_request)")
+    assert leak["traceparent_sent"].startswith("00-")
+    assert r.observed["distinct_biz_codes"] > 40
+
+
+def test_bc003_wrong_value_is_named(run):
+    b = run()
+    b.request(Req())
+    b.spans[-1].attributes["biz.code"] = "ORDER"  # the request carried no X-Biz-Code
+    r = one(b.build(), "BC-003")
+    assert r.status == Status.FAIL
+    assert "expected 'default', span 'ORDER'" in r.message
+
+
+def test_bc_checks_without_concurrent_phase_or_spans(run):
+    b = run()
+    b.request(Req(spans=0))
+    ev = b.build()
+    assert one(ev, "BC-002").status == Status.SKIP
+    assert one(ev, "BC-003").status == Status.INCONCLUSIVE

@@ -1,0 +1,124 @@
+"""KT-004 (histogram sum and buckets vs kernel durations), KT-005 (status on the wire = span =
+metric label), KT-006 (span inside the kernel window)."""
+
+from __future__ import annotations
+
+import pytest
+
+from conformance import evaluate
+from conformance.model import Status
+from tests.conformance.builders import MS, Req, SemconvExporter, result
+
+
+def one(ev, check_id):
+    return result(evaluate(ev, select=[check_id]), check_id)
+
+
+def load(b, reqs):
+    b.scrape("before")
+    for r in reqs:
+        b.request(r)
+    b.scrape("after")
+    return b.build()
+
+
+class SkewedExporter(SemconvExporter):
+    """Observes one request far too short and the next far too long: same sum, wrong buckets."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.n = 0
+
+    def observe(self, method, route, path, status, seconds):
+        self.n += 1
+        super().observe(method, route, path, status, seconds - 0.026 if self.n % 2 else seconds + 0.026)
+
+
+class MislabelledExporter(SemconvExporter):
+    """Counts every request with status 500 whatever went on the wire."""
+
+    def observe(self, method, route, path, status, seconds):
+        super().observe(method, route, path, 500, seconds)
+
+
+CASES = [
+    pytest.param("KT-004", {}, Status.PASS, "0% misplaced", id="KT-004-pass-sim"),
+    pytest.param("KT-004", {"hidden_latency_ns": 15 * MS}, Status.FAIL, "(-15.00 ms each)",
+                 id="KT-004-fail-hidden-latency"),
+    pytest.param("KT-005", {}, Status.PASS, "compared status labels of "
+                 "http_server_request_duration_seconds_count", id="KT-005-pass-sim"),
+    pytest.param("KT-005", {"span_status_off_by": 1}, Status.FAIL, "wire 200, span 201",
+                 id="KT-005-fail-span-status"),
+    pytest.param("KT-006", {}, Status.PASS, "inside the kernel window", id="KT-006-pass-sim"),
+    pytest.param("KT-004", {"kernel": False}, Status.INCONCLUSIVE, "no kernel truth",
+                 id="KT-004-inconclusive-no-ebpf"),
+    pytest.param("KT-005", {"kernel": False}, Status.INCONCLUSIVE, "no kernel truth",
+                 id="KT-005-inconclusive-no-ebpf"),
+    pytest.param("KT-006", {"kernel": False}, Status.INCONCLUSIVE, "no kernel truth",
+                 id="KT-006-inconclusive-no-ebpf"),
+]
+
+
+@pytest.mark.parametrize("check_id, kw, status, fragment", CASES)
+def test_kt_value_checks_on_the_simulated_service(sim, check_id, kw, status, fragment):
+    r = one(sim(**kw), check_id)
+    assert r.status == status, r.message
+    assert fragment in r.message
+
+
+def test_kt004_finds_misplaced_buckets_with_an_unchanged_sum(run):
+    ev = load(run(exporter=SkewedExporter()), [Req(path=f"/items/{i}", dur_ns=30 * MS)
+                                               for i in range(10)])
+    r = one(ev, "KT-004")
+    assert r.status == Status.FAIL, r.message
+    assert "sum grew" not in r.message and "in another bucket than the kernel duration" in r.message
+    assert r.observed["misplaced_pct"] == 50.0
+    assert abs(r.observed["sum_diff_s"]) < 1e-9
+
+
+def test_kt004_is_inconclusive_when_the_counts_differ(run):
+    ev = load(run(exporter=SemconvExporter()), [Req(path=f"/items/{i}", counted=i != 3)
+                                                for i in range(6)])
+    r = one(ev, "KT-004")
+    assert r.status == Status.INCONCLUSIVE and "see KT-002" in r.message
+    assert (r.observed["metric_count"], r.observed["kernel_count"]) == (5, 6)
+
+
+def test_kt004_tolerates_the_per_request_slack(run):
+    # the SUT times 1 ms less than the kernel (its clock readings sit inside the syscalls)
+    ev = load(run(exporter=SemconvExporter()), [Req(path=f"/items/{i}", dur_ns=4 * MS)
+                                                for i in range(20)])
+    for k in ev.kernel:
+        if k.direction == "server" and k.t_resp_last:
+            k.t_resp_last += 1 * MS
+    r = one(ev, "KT-004")
+    assert r.status == Status.PASS, r.message
+    assert r.observed["sum_diff_s"] == pytest.approx(-0.020)
+
+
+def test_kt005_finds_a_metric_that_labels_the_wrong_status(run):
+    ev = load(run(exporter=MislabelledExporter()), [Req(path=f"/items/{i}") for i in range(4)])
+    r = one(ev, "KT-005")
+    assert r.status == Status.FAIL
+    assert "metric status 500 x4, wire {'200': 4}" in r.message
+
+
+def test_kt005_span_failure_names_the_request(sim):
+    r = one(sim(span_status_off_by=1), "KT-005")
+    m = r.evidence["span_mismatches"][0]
+    assert (m["wire_status"], m["span_status"]) == (200, 201) and len(m["trace_id"]) == 32
+
+
+@pytest.mark.parametrize("gap_ns, status", [
+    pytest.param(100 * 1000, Status.PASS, id="inside"),
+    pytest.param(-4 * MS, Status.PASS, id="4ms-early-within-5ms-slack"),
+    pytest.param(-10 * MS, Status.FAIL, id="10ms-early-beyond-slack"),
+])
+def test_kt006_slack_is_the_skew_budget_plus_clock_uncertainty(run, gap_ns, status):
+    ev = load(run(exporter=SemconvExporter()), [Req(path=f"/items/{i}", span_gap_ns=gap_ns)
+                                                for i in range(10)])
+    r = one(ev, "KT-006")
+    assert r.status == status, r.message
+    assert r.expected["slack_us"] == 5000 + 20  # skew_ms 5 + the run's 20 us uncertainty
+    if status == Status.FAIL:
+        assert "started 10000 us before the kernel saw the request" in r.message
