@@ -4,7 +4,8 @@ no kernel truth (kernel client requests are used when present, the downstream si
 
 Spans: by the traceparent sent (trace-id, parent-id), else the kernel join's span for the same
 request, else method + path (or route template) + the span starting inside the request's
-send/receive window. Outbound calls, in order of robustness:
+send/receive window (exactly first, then with a small slop). Outbound calls, in order of
+robustness:
 
 - ``kernel``: client requests whose ``parent_request`` is this request's kernel request;
 - ``downstream``/``time window``: a sink record received while exactly one fan-out request
@@ -137,8 +138,13 @@ def build_view(evidence: Evidence, joined: Joined | None) -> View:
                 if found:
                     r.spans, r.span_join = found, JOIN_KERNEL
             r.outbound += [_from_kernel(c) for c in j.outbound]
-    _join_heuristic([r for r in reqs if not r.spans], pool, slop)
-    unattributed = _attach_downstream(reqs, evidence.downstream, slop)
+    # The driver, the sink and (on this host) the SUT read one realtime clock: windows are
+    # exact first, so a request never takes the span of the one sent right after it; the
+    # slop only helps spans whose clock reading falls a hair outside.
+    tight = int(evidence.meta.clock.get("uncertainty_ns") or 0)
+    for window in (tight, slop):
+        _join_heuristic([r for r in reqs if not r.spans], pool, window)
+    unattributed = _attach_downstream(reqs, evidence.downstream, tight)
     return View(reqs, unattributed, dict(by_trace), dict(by_key))
 
 

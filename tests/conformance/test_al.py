@@ -149,3 +149,13 @@ def test_al002_ignores_exemplars_that_predate_the_run(run, before, after_ts, sta
     assert r.status == status, r.message
     if status == Status.FAIL:
         assert f"trace_id {STALE} (no exported span has this trace_id)" in r.message
+
+
+def test_al003_a_line_written_just_after_the_response_is_still_its_own(sim):
+    ev = sim()
+    by_trace = {d.trace_id: d for d in ev.driver if d.trace_id}
+    log = next(x for x in ev.logs if x.trace_id in by_trace)
+    # written 3 ms after the client read the response: the next request is already in flight
+    log.time_ns = by_trace[log.trace_id].t_recv_ns + 3_000_000
+    r = one(ev, "AL-003")
+    assert r.status == Status.PASS, r.message

@@ -155,3 +155,27 @@ def test_tc001_counts_a_continuing_non_server_span_as_continued(run):
     b.spans.append(_span(tp.trace_id, new_span_id(), tp.parent_id, kind="INTERNAL"))
     r = one(b.build(), "TC-001")
     assert r.status == Status.PASS  # context continued; the wrong kind is SC-003's to report
+
+
+def test_a_request_without_span_never_takes_the_next_requests_span(run):
+    """An unsampled request (no span) answered 0.3 ms before the next one was sent: the
+    next request's root span starts inside the first one's slop but belongs to the second."""
+    b = run(ebpf=False, kernel_stats={})
+    unsampled = new_traceparent(sampled=False)
+    t = b.t
+    b.driver.append(DriverRecord(seq=0, phase="tc", method="GET", path="/items/1",
+                                 request_headers={"traceparent": str(unsampled)},
+                                 trace_id=unsampled.trace_id, parent_id=unsampled.parent_id,
+                                 t_send_ns=t, t_recv_ns=t + 2 * MS, status=200,
+                                 case="tc/valid-unsampled"))
+    b.driver.append(DriverRecord(seq=1, phase="tc", method="GET", path="/items/1",
+                                 request_headers={}, trace_id="", parent_id="",
+                                 t_send_ns=t + 2 * MS + 300_000, t_recv_ns=t + 4 * MS, status=200,
+                                 case="tc/missing"))
+    root = _span(new_traceparent().trace_id, new_span_id(), "", name="GET /items/<id>",
+                 kind="SERVER", start=t + 2 * MS + 400_000, end=t + 4 * MS - 100_000)
+    root.attributes = {"http.request.method": "GET", "url.path": "/items/1"}
+    b.spans.append(root)
+    ev = b.build()
+    assert one(ev, "TC-001").status == Status.INCONCLUSIVE  # no span for the unsampled one
+    assert one(ev, "TC-004").observed["with_generated_id"] == 1
