@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import copy
 import json
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from agent.errcodes import Catalogue, load_catalogue, parse_text
 from agent.errors import InputError
+from agent.schemas import load_schema, validator
 
 SCHEMA_PATH = Path(__file__).with_name("scenario.schema.json")
 PROFILES = ("errortrace-0.4",)
@@ -26,18 +26,12 @@ MAX_SCENARIO_BYTES = 16 * 1024 * 1024
 DEFAULT_SOURCE, INLINE_SOURCE = "default", "inline"
 
 
-@lru_cache(maxsize=1)
 def schema() -> dict:
-    return json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
+    return load_schema(SCHEMA_PATH)
 
 
-@lru_cache(maxsize=1)
 def _validator():
-    import jsonschema
-
-    cls = jsonschema.validators.validator_for(schema())
-    cls.check_schema(schema())
-    return cls(schema())
+    return validator(SCHEMA_PATH)
 
 
 def _field(path) -> str:

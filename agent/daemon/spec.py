@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from functools import lru_cache
 from pathlib import Path, PurePosixPath
 from typing import Any
+
+from agent.schemas import load_schema, validator
 
 SCHEMA_PATH = Path(__file__).with_name("run-spec.schema.json")
 DEFAULT_OUT = "daemon"
@@ -24,18 +25,12 @@ class SpecError(ValueError):
         self.status = status
 
 
-@lru_cache(maxsize=1)
 def schema() -> dict:
-    return json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
+    return load_schema(SCHEMA_PATH)
 
 
-@lru_cache(maxsize=1)
 def _validator():
-    import jsonschema
-
-    cls = jsonschema.validators.validator_for(schema())
-    cls.check_schema(schema())
-    return cls(schema())
+    return validator(SCHEMA_PATH)
 
 
 def _where(error) -> str:
