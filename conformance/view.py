@@ -63,6 +63,14 @@ class RequestView:
     span_join: str = ""
     kernel: KernelRequest | None = None
     outbound: list[Outbound] = field(default_factory=list)
+    overlapped: bool = False  # another request with the same method and path was in flight
+
+    @property
+    def span_certain(self) -> bool:
+        """Whether the span surely is this request's: joined by the traceparent sent, or the
+        only request of its method and path in flight (else spans of concurrent requests
+        that did not continue their context cannot be told apart)."""
+        return bool(self.spans) and (self.span_join == JOIN_KEY or not self.overlapped)
 
     @property
     def case(self) -> str:
@@ -144,8 +152,23 @@ def build_view(evidence: Evidence, joined: Joined | None) -> View:
     tight = int(evidence.meta.clock.get("uncertainty_ns") or 0)
     for window in (tight, slop):
         _join_heuristic([r for r in reqs if not r.spans], pool, window)
+    _mark_overlaps(reqs)
     unattributed = _attach_downstream(reqs, evidence.downstream, tight)
     return View(reqs, unattributed, dict(by_trace), dict(by_key))
+
+
+def _mark_overlaps(reqs: list[RequestView]) -> None:
+    groups: dict[tuple[str, str], list[RequestView]] = defaultdict(list)
+    for r in reqs:
+        groups[(r.driver.method.upper(), r.driver.path.split("?", 1)[0])].append(r)
+    for group in groups.values():
+        group.sort(key=lambda r: r.driver.t_send_ns)
+        reach, holder = None, None  # the latest receive time so far, and whose it is
+        for r in group:
+            if reach is not None and r.driver.t_send_ns <= reach:
+                r.overlapped = holder.overlapped = True
+            if reach is None or _recv(r) > reach:
+                reach, holder = _recv(r), r
 
 
 def _from_kernel(k: KernelRequest) -> Outbound:
@@ -181,7 +204,7 @@ def _join_heuristic(reqs: list[RequestView], pool: dict[int, Span], slop: int) -
 
 
 def _trace_ids(r: RequestView) -> set[str]:
-    ids = {s.trace_id for s in r.spans}
+    ids = {s.trace_id for s in r.spans} if r.span_certain else set()
     if r.driver.trace_id:
         ids.add(r.driver.trace_id)
     return ids

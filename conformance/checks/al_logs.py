@@ -47,6 +47,13 @@ def _windows(view: Any) -> list[_Window]:
     return sorted(out, key=lambda w: w.lo)
 
 
+def _near(windows: list[_Window], los: list[int], t: int, longest: int) -> list[_Window]:
+    """Requests being served at ``t`` or answered up to LATE_NS before it (any path)."""
+    lo = bisect.bisect_left(los, t - longest - LATE_NS)
+    return [w for w in windows[lo:bisect.bisect_right(los, t + EARLY_NS)]
+            if w.lo - EARLY_NS <= t <= w.hi + LATE_NS]
+
+
 def _log_path(log: LogRecord) -> str | None:
     sources = [log.attributes] + ([log.body] if isinstance(log.body, dict) else [])
     for src in sources:
@@ -82,7 +89,7 @@ def logs_carry_request_context(ctx: CheckContext) -> Finding:
     for w in windows:
         for t in w.traces:
             owners[t].append(w)
-    missing, wrong, linked, ignored = [], [], 0, 0
+    missing, wrong, linked, ignored, unverifiable = [], [], 0, 0, 0
     for log in logs:
         if not log.time_ns:
             ignored += 1
@@ -104,6 +111,8 @@ def logs_carry_request_context(ctx: CheckContext) -> Finding:
             ignored += 1  # not emitted while serving a request under test
         elif not tid:
             missing.append(_ref(log, hits[0]))
+        elif tid not in owners and any(not w.request.spans for w in _near(windows, los, t, longest)):
+            unverifiable += 1  # may be the ids of a request whose span was never exported
         else:
             why = ("trace_id of another request, served at another time" if tid in owners
                    else "trace_id of no request under test")
@@ -111,7 +120,7 @@ def logs_carry_request_context(ctx: CheckContext) -> Finding:
     judged = linked + len(missing) + len(wrong)
     observed = {"log_records": len(logs), "while_serving": judged, "linked": linked,
                 "without_ids": len(missing), "wrong_ids": len(wrong),
-                "not_while_serving": ignored}
+                "not_while_serving": ignored, "ids_of_unexported_spans": unverifiable}
     evidence = {"without_ids": missing[:SAMPLES], "wrong_ids": wrong[:SAMPLES]}
     if missing or wrong:
         parts = []

@@ -87,7 +87,7 @@ def no_biz_code_leak(ctx: CheckContext) -> Finding:
         seen: list[tuple[str, str]] = []  # (where, value)
         for witness, values in _outbound_codes(r, header):
             seen += [(f"outbound {witness}", v) for v in values] or [(f"outbound {witness}", "")]
-        if r.span is not None and SPAN_ATTR in r.span.attributes:
+        if r.span_certain and SPAN_ATTR in r.span.attributes:
             seen.append(("span biz.code", str(r.span.attributes[SPAN_ATTR])))
         judged += bool(seen)
         for where, value in seen:
@@ -118,12 +118,13 @@ def no_biz_code_leak(ctx: CheckContext) -> Finding:
 def span_biz_code(ctx: CheckContext) -> Finding:
     scenario = ctx.evidence.meta.scenario or {}
     view = view_of(ctx)
-    reqs = [r for r in view.requests if r.span is not None]
+    reqs = [r for r in view.requests if r.span_certain]
+    ambiguous = sum(1 for r in view.requests if r.span is not None and not r.span_certain)
     expected = {"span_attribute": f"{SPAN_ATTR} = the inbound bizCode trimmed, 'default' when "
                                   "missing"}
     if not reqs:
-        return Finding.inconclusive("no server span was joined to any request",
-                                    {"requests_with_span": 0}, expected)
+        return Finding.inconclusive("no server span was surely joined to any request",
+                                    {"requests_with_span": 0, "ambiguous": ambiguous}, expected)
     missing, wrong = [], []
     for r in reqs:
         want = expected_biz_code(scenario, r.driver)
@@ -132,7 +133,8 @@ def span_biz_code(ctx: CheckContext) -> Finding:
             missing.append(r.ref(expected=want))
         elif str(got) != want:
             wrong.append(r.ref(expected=want, span_biz_code=got))
-    observed = {"requests_with_span": len(reqs), "missing": len(missing), "wrong": len(wrong)}
+    observed = {"requests_with_span": len(reqs), "missing": len(missing), "wrong": len(wrong),
+                "ambiguous_not_judged": ambiguous}
     evidence = {"missing": missing[:SAMPLES], "wrong": wrong[:SAMPLES]}
     if missing or wrong:
         parts = []

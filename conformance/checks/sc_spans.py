@@ -95,8 +95,12 @@ def server_span_semconv(ctx: CheckContext) -> Finding:
     scenario = ev.meta.scenario or {}
     judged, failures, dual, ok_status = 0, [], 0, 0
     counts: Counter[str] = Counter()
+    ambiguous = 0
     for r in view.requests:
         span = r.span
+        if span is not None and not r.span_certain:
+            ambiguous += 1  # concurrent twins without continued context: which span is whose?
+            continue
         if span is None and r.driver.trace_id:  # continued context, but not as a SERVER span
             others = view.spans_by_key.get((r.driver.trace_id, r.driver.parent_id), [])
             span = others[0] if others else None
@@ -117,7 +121,8 @@ def server_span_semconv(ctx: CheckContext) -> Finding:
                 "name": "{method} {route}", "status": "ERROR for 5xx, unset for 4xx"}
     observed = {"server_spans": judged, "failing": len(failures),
                 "problem_kinds": dict(counts.most_common(8)),
-                "dual_emission_spans": dual, "status_ok_spans": ok_status}
+                "dual_emission_spans": dual, "status_ok_spans": ok_status,
+                "ambiguous_not_judged": ambiguous}
     notes = []
     if dual:
         notes.append(f"{dual} span(s) carry both stable and pre-1.21 attribute names "

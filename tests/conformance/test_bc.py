@@ -67,3 +67,17 @@ def test_bc_checks_without_concurrent_phase_or_spans(run):
     ev = b.build()
     assert one(ev, "BC-002").status == Status.SKIP
     assert one(ev, "BC-003").status == Status.INCONCLUSIVE
+
+
+@pytest.mark.parametrize("kernel, bc002", [(True, Status.PASS), (False, Status.INCONCLUSIVE)],
+                         ids=["kernel-witness", "no-ebpf-nothing-attributable"])
+def test_spans_of_concurrent_restarted_traces_are_not_misattributed(sim, kernel, bc002):
+    """With the context not continued, 64 concurrent twins' spans cannot be told apart: they
+    are left unjudged instead of being reported as each other's bizCode (the kernel still
+    ties each outbound call to its request)."""
+    ev = sim(kernel=kernel, restart_traces=True)
+    results = {r.id: r for r in evaluate(ev, select=["BC-002", "BC-003", "SC-003"])}
+    assert results["BC-002"].status == bc002, results["BC-002"].message
+    assert results["BC-003"].status == Status.PASS
+    assert results["BC-003"].observed["ambiguous_not_judged"] >= 60
+    assert results["SC-003"].observed["ambiguous_not_judged"] >= 60
