@@ -35,6 +35,34 @@ static __always_inline int is_status_line(u64 head, u32 n)
     return has_prefix(head, n, S8('H', 'T', 'T', 'P', '/', '1', '.', 0), 7);
 }
 
+/* A TLS handshake record (ContentType 22, version 3.x): what every TLS client sends first. */
+static __always_inline int is_tls_record(u64 head, u32 n)
+{
+    return has_prefix(head, n, B(0x16, 0) | B(0x03, 1), 2);
+}
+
+/* The HTTP/2 connection preface starts "PRI * HTTP/2.0" (RFC 9113 section 3.4). */
+static __always_inline int is_h2_preface(u64 head, u32 n)
+{
+    return has_prefix(head, n, S8('P', 'R', 'I', ' ', '*', ' ', 'H', 'T'), 8);
+}
+
+/* n bytes that are all upper-case letters could be the start of a method whose request
+ * line the sender split over two syscalls ("GE" then "T / HTTP/1.1"). */
+static __always_inline int method_fragment(u64 head, u32 n)
+{
+    if (n == 0 || n > 7)
+        return 0;
+    for (u32 i = 0; i < 7; i++) {
+        if (i >= n)
+            break;
+        u8 b = head >> (8 * i);
+        if (b < 'A' || b > 'Z')
+            return 0;
+    }
+    return 1;
+}
+
 /* End of the header block (CRLF CRLF, or LF LF from lenient senders), found 8 bytes at a
  * time: a byte-wise loop is slower and, at a 4096-byte budget, has more branches than the
  * verifier accepts. byte_eq marks each byte equal to c with 0x80 (exact, no carries). */

@@ -13,6 +13,13 @@
 #define HTTP_EV_REQ_CONT 2   /* more header bytes of the request being captured */
 #define HTTP_EV_RESP_START 3 /* bytes beginning "HTTP/1." (server: write, client: read) */
 #define HTTP_EV_CLOSE 4      /* close() of a tracked connection */
+#define HTTP_EV_BLIND 5      /* first request-side bytes of a connection are not HTTP/1.x */
+#define HTTP_EV_EXIT 6       /* the last thread of a target process exited (fds closed) */
+
+/* What a blind connection speaks (record field "detail" of HTTP_EV_BLIND). */
+#define HTTP_BLIND_TLS 1   /* a TLS record: 0x16 0x03 (ClientHello) */
+#define HTTP_BLIND_H2 2    /* the HTTP/2 connection preface "PRI * HTTP/2.0" (h2c, gRPC) */
+#define HTTP_BLIND_OTHER 3 /* anything else (a database protocol, a PROXY header, ...) */
 
 /* Role of the traced process on the connection. */
 #define HTTP_ROLE_SERVER 1
@@ -46,10 +53,19 @@
 #define HTTP_CTR_BY_CONTENT 7     /* connections classified by content */
 #define HTTP_CTR_SENDFILE 8       /* sendfile calls on tracked connections (body not seen) */
 #define HTTP_CTR_WAKEUPS 9        /* records that forced a user-space wake-up */
-#define HTTP_CTR_NUM 10
+#define HTTP_CTR_NO_ENTER 10      /* read/write exits of targets whose entry was not seen */
+#define HTTP_CTR_BLIND_TLS 11     /* connections whose first bytes are TLS */
+#define HTTP_CTR_BLIND_H2 12      /* connections that open with the HTTP/2 preface */
+#define HTTP_CTR_BLIND_OTHER 13   /* connections that speak neither HTTP/1.x, TLS nor HTTP/2 */
+#define HTTP_CTR_SPLIT_LINE 14    /* request lines whose first bytes came in an earlier syscall */
+#define HTTP_CTR_PRIMED 15        /* exits completed from arguments user space read in /proc */
+#define HTTP_CTR_TAIL_FAILED 16   /* header captures not scanned: the tail call failed (loss) */
+#define HTTP_CTR_NUM 17
 
 /* The response capture only needs the status line(s), e.g. "HTTP/1.1 100 Continue". */
 #define HTTP_RESP_CAPTURE 64
+/* A blind connection's record keeps its first bytes (user space lists them). */
+#define HTTP_BLIND_CAPTURE 16
 
 struct http_event {
     __u64 ts_ns;         /* bpf_ktime_get_ns() at syscall exit (close: at entry) */
@@ -70,7 +86,9 @@ struct http_event {
     __u8 role;           /* HTTP_ROLE_* */
     __u8 flags;          /* HTTP_F_* */
     __u8 syscall;        /* HTTP_SC_* */
-    __u32 reserved;      /* zero; keeps the header a multiple of 8 bytes */
+    __u8 carried;        /* REQ_START: leading captured bytes that earlier syscalls moved */
+    __u8 detail;         /* BLIND: HTTP_BLIND_*; otherwise 0 */
+    __u16 reserved;      /* zero; keeps the header a multiple of 8 bytes */
 };
 
 #endif /* OBSCONFORM_HTTP_EVENT_H */

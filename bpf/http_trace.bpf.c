@@ -7,12 +7,18 @@
  *
  * Per connection (tgid, fd) the program keeps byte counts and the last read/write times
  * in "conns" and writes one ring-buffer record per request-side event (request start,
- * header continuation, response start, close). Body bytes never produce a record: their
- * totals and times ride along on the next record of the connection.
+ * header continuation, response start, close), one per connection that is not HTTP/1.x
+ * (a blind spot) and one when a target process exits. Body bytes never produce a record:
+ * their totals and times ride along on the next record of the connection.
+ *
+ * Syscalls already in progress when a process becomes a target have no saved arguments;
+ * user space reads them from /proc/PID/task/TID/syscall and "primes" io_args with them
+ * (agent/kernel/inflight.py), and the exit checks the syscall number before using them.
  *
  * Compile-time configuration (typed -D flags set by agent/kernel/probes.py):
  *   CAPTURE_BYTES   request header bytes kept per request (256..4096, default 1024)
- *   MAP_ENTRIES     tracked connections; TARGET_ENTRIES target tids/tgids
+ *   MAP_ENTRIES     tracked connections; TARGET_ENTRIES target tids/tgids;
+ *   IO_ENTRIES      syscalls in flight (one per blocked thread of the targets)
  *   RINGBUF_PAGES   ring-buffer size in pages (power of two)
  *   WAKEUP_BYTES    bytes a CPU writes before it wakes user space up
  *   TARGET_CGROUP_ID + TARGET_CGROUP_LEVEL   also trace every process of that cgroup v2
@@ -46,19 +52,14 @@
 #define WAKEUP_BYTES (RINGBUF_PAGES * 4096 / 16)
 #endif
 
-#include "http_bytes.h"
-
-/* The scratch capture area is twice the largest budget so that an offset below 4096 plus
- * a length below 4096 always stays inside it: the verifier then needs no extra proof. */
-#define CAP_AREA 8192
+/* Copies go to s->data + (offset & 4095) with a length masked to 8191 (see LEN_MASK), so
+ * the scratch area is 12 KiB: every such copy stays inside it and the verifier needs no
+ * further proof. Offsets stay below CAPTURE_BYTES and lengths below 4097 in fact. */
+#define CAP_AREA 12288
+#define OFF_MASK 4095
 
 #define DIR_READ 0
 #define DIR_WRITE 1
-#define SHAPE_BUF 0  /* ptr is the data */
-#define SHAPE_IOV 1  /* ptr is a struct iovec array: the first iovec is looked at */
-#define SHAPE_MSG 2  /* ptr is a struct msghdr: its first iovec is looked at */
-#define SHAPE_NONE 3 /* sendfile: bytes are counted, never seen */
-#define SHAPE_CONNECT 4 /* connect: only the fd matters */
 
 #define PHASE_IDLE 0 /* waiting for a request line (or body bytes being counted) */
 #define PHASE_HDR 1  /* request header block still being captured */
@@ -68,14 +69,18 @@
 #define ERR_EEXIST 17
 #define ERR_EINPROGRESS 115
 
-/* Arguments of a syscall in flight, saved at sys_enter for its sys_exit. */
+/* Arguments of a syscall in flight, saved at sys_enter for its sys_exit (user space
+ * writes the same layout when it primes a syscall that was in progress at attach). */
 struct io_args {
     u64 ptr;
+    u64 cnt;  /* iovec count (readv/writev) */
     s32 fd;
+    s32 nr;   /* syscall number: an exit uses only the arguments of its own syscall */
     u8 sc;
     u8 dir;
     u8 shape;
-    u8 pad;
+    u8 primed; /* written by user space from /proc */
+    u32 pad;
 };
 
 struct conn_state {
@@ -85,17 +90,23 @@ struct conn_state {
     u64 rd_bytes;
     u64 wr_bytes;
     u64 hdr_tail; /* last bytes scanned for the header terminator (it may span reads) */
+    u64 pend;     /* request-side bytes that may begin a request line split over syscalls */
     u16 cap_used; /* header bytes captured for the current request */
     u8 role;
     u8 phase;
     u8 by_content;
-    u8 pad[3];
+    u8 pend_len;
+    u8 seen;      /* the first request-side bytes were classified (HTTP or blind) */
+    u8 pad;
 };
 
 struct scratch_t {
     struct http_event ev; /* the record is ev followed by ev.cap_len bytes of data */
     u8 data[CAP_AREA];
     u64 wake_acc; /* bytes this CPU wrote since its last forced wake-up */
+    u64 scan_key; /* the connection obsc_scan works on */
+    u32 count;    /* bytes for obsc_scan; see also launder() in http_data.h */
+    u32 pad;
 };
 
 /* The record of every syscalls:sys_exit_* tracepoint: common header, nr, ret. */
@@ -106,11 +117,8 @@ struct sys_exit_args {
     s64 ret;
 };
 
-/* user ABI (struct iovec), not a kernel struct */
-struct user_iovec {
-    u64 base;
-    u64 len;
-};
+#include "http_bytes.h"
+#include "http_data.h"
 
 BPF_HASH(targets, u32, u8, TARGET_ENTRIES);
 BPF_HASH(io_args, u64, struct io_args, IO_ENTRIES);
@@ -140,38 +148,6 @@ static __always_inline u64 conn_key(u32 tgid, s32 fd)
     return ((u64)tgid << 32) | (u32)fd;
 }
 
-/* Where the bytes of this syscall start in user memory and how many are there to see. */
-static __always_inline int locate_data(struct io_args *a, long ret, u64 *ptr, u64 *avail)
-{
-    if (a->shape == SHAPE_BUF) {
-        *ptr = a->ptr;
-        *avail = ret;
-        return 0;
-    }
-    u64 iov_addr = a->ptr;
-    if (a->shape == SHAPE_MSG) {
-        /* struct msghdr: msg_name (8), msg_namelen (4 + 4 padding), msg_iov at 16 */
-        if (bpf_probe_read_user(&iov_addr, sizeof(iov_addr), (void *)(a->ptr + 16)))
-            return -1;
-    }
-    struct user_iovec iov = {};
-    if (bpf_probe_read_user(&iov, sizeof(iov), (void *)iov_addr))
-        return -1;
-    *ptr = iov.base;
-    *avail = (u64)ret < iov.len ? (u64)ret : iov.len;
-    return 0;
-}
-
-static __always_inline u64 read_head(u64 ptr, u64 avail, u32 *n)
-{
-    u64 head = 0;
-    u32 len = avail < 8 ? avail : 8;
-    if (bpf_probe_read_user(&head, len & 15, (void *)ptr))
-        len = 0;
-    *n = len;
-    return head;
-}
-
 static __always_inline void fill_header(struct http_event *ev, struct conn_state *c, u64 id,
                                         s32 fd, long ret, u64 now)
 {
@@ -189,6 +165,8 @@ static __always_inline void fill_header(struct http_event *ev, struct conn_state
     ev->cap_off = 0;
     ev->role = c->role;
     ev->flags = c->by_content ? HTTP_F_BY_CONTENT : 0;
+    ev->carried = 0;
+    ev->detail = 0;
     ev->reserved = 0;
 }
 
@@ -198,6 +176,7 @@ static __always_inline void emit(struct scratch_t *s, u32 n)
 {
     if (n > CAPTURE_BYTES)
         n = CAPTURE_BYTES;
+    n = LEN_MASK(n);
     u32 size = sizeof(struct http_event) + n;
     u64 flags = BPF_RB_NO_WAKEUP;
     s->ev.cap_len = n;
@@ -213,12 +192,12 @@ static __always_inline void emit(struct scratch_t *s, u32 n)
         count(HTTP_CTR_RECORDS);
 }
 
-static __always_inline int stash(s32 fd, u64 ptr, u8 sc, u8 dir, u8 shape)
+static __always_inline int stash(s32 fd, u64 ptr, u64 cnt, s32 nr, u8 sc, u8 dir, u8 shape)
 {
     u64 id = bpf_get_current_pid_tgid();
     if (!is_target(id >> 32))
         return 0;
-    struct io_args a = {.ptr = ptr, .fd = fd, .sc = sc, .dir = dir, .shape = shape};
+    struct io_args a = {.ptr = ptr, .cnt = cnt, .fd = fd, .nr = nr, .sc = sc, .dir = dir, .shape = shape};
     if (io_args.update(&id, &a))
         count(HTTP_CTR_IO_MAP_FULL);
     return 0;
@@ -226,91 +205,72 @@ static __always_inline int stash(s32 fd, u64 ptr, u8 sc, u8 dir, u8 shape)
 
 int obsc_en_read(struct tracepoint__syscalls__sys_enter_read *args)
 {
-    return stash(args->fd, (u64)args->buf, HTTP_SC_READ, DIR_READ, SHAPE_BUF);
+    return stash(args->fd, (u64)args->buf, 0, args->__syscall_nr, HTTP_SC_READ, DIR_READ, SHAPE_BUF);
 }
 
 #ifndef OBSC_NO_READV
 int obsc_en_readv(struct tracepoint__syscalls__sys_enter_readv *args)
 {
-    return stash(args->fd, (u64)args->vec, HTTP_SC_READV, DIR_READ, SHAPE_IOV);
+    return stash(args->fd, (u64)args->vec, args->vlen, args->__syscall_nr, HTTP_SC_READV, DIR_READ,
+                 SHAPE_IOV);
 }
 #endif
 
+/* A MSG_PEEK read is stashed as SHAPE_SKIP: its exit is expected, and ignored. */
 #ifndef OBSC_NO_RECVFROM
 int obsc_en_recvfrom(struct tracepoint__syscalls__sys_enter_recvfrom *args)
 {
-    if (args->flags & MSG_PEEK_FLAG) /* the same bytes come again with the real read */
-        return 0;
-    return stash(args->fd, (u64)args->ubuf, HTTP_SC_RECVFROM, DIR_READ, SHAPE_BUF);
+    u8 shape = (args->flags & MSG_PEEK_FLAG) ? SHAPE_SKIP : SHAPE_BUF;
+    return stash(args->fd, (u64)args->ubuf, 0, args->__syscall_nr, HTTP_SC_RECVFROM, DIR_READ, shape);
 }
 #endif
 
 #ifndef OBSC_NO_RECVMSG
 int obsc_en_recvmsg(struct tracepoint__syscalls__sys_enter_recvmsg *args)
 {
-    if (args->flags & MSG_PEEK_FLAG)
-        return 0;
-    return stash(args->fd, (u64)args->msg, HTTP_SC_RECVMSG, DIR_READ, SHAPE_MSG);
+    u8 shape = (args->flags & MSG_PEEK_FLAG) ? SHAPE_SKIP : SHAPE_MSG;
+    return stash(args->fd, (u64)args->msg, 0, args->__syscall_nr, HTTP_SC_RECVMSG, DIR_READ, shape);
 }
 #endif
 
 int obsc_en_write(struct tracepoint__syscalls__sys_enter_write *args)
 {
-    return stash(args->fd, (u64)args->buf, HTTP_SC_WRITE, DIR_WRITE, SHAPE_BUF);
+    return stash(args->fd, (u64)args->buf, 0, args->__syscall_nr, HTTP_SC_WRITE, DIR_WRITE, SHAPE_BUF);
 }
 
 #ifndef OBSC_NO_WRITEV
 int obsc_en_writev(struct tracepoint__syscalls__sys_enter_writev *args)
 {
-    return stash(args->fd, (u64)args->vec, HTTP_SC_WRITEV, DIR_WRITE, SHAPE_IOV);
+    return stash(args->fd, (u64)args->vec, args->vlen, args->__syscall_nr, HTTP_SC_WRITEV, DIR_WRITE,
+                 SHAPE_IOV);
 }
 #endif
 
 #ifndef OBSC_NO_SENDTO
 int obsc_en_sendto(struct tracepoint__syscalls__sys_enter_sendto *args)
 {
-    return stash(args->fd, (u64)args->buff, HTTP_SC_SENDTO, DIR_WRITE, SHAPE_BUF);
+    return stash(args->fd, (u64)args->buff, 0, args->__syscall_nr, HTTP_SC_SENDTO, DIR_WRITE, SHAPE_BUF);
 }
 #endif
 
 #ifndef OBSC_NO_SENDMSG
 int obsc_en_sendmsg(struct tracepoint__syscalls__sys_enter_sendmsg *args)
 {
-    return stash(args->fd, (u64)args->msg, HTTP_SC_SENDMSG, DIR_WRITE, SHAPE_MSG);
+    return stash(args->fd, (u64)args->msg, 0, args->__syscall_nr, HTTP_SC_SENDMSG, DIR_WRITE, SHAPE_MSG);
 }
 #endif
 
 #ifndef OBSC_NO_SENDFILE
 int obsc_en_sendfile(struct tracepoint__syscalls__sys_enter_sendfile64 *args)
 {
-    return stash(args->out_fd, 0, HTTP_SC_SENDFILE, DIR_WRITE, SHAPE_NONE);
+    return stash(args->out_fd, 0, 0, args->__syscall_nr, HTTP_SC_SENDFILE, DIR_WRITE, SHAPE_NONE);
 }
 #endif
 
-/* Request-side bytes: a new request line starts a capture; while the header block is
- * incomplete, following syscalls continue it until the budget is used. Returns the bytes
- * captured, or -1 when the syscall carries no request bytes worth a record. */
-static __always_inline int capture_request(struct scratch_t *s, struct conn_state *c,
-                                           u64 ptr, u64 avail, u64 head, u32 hn)
+/* Ends a header capture: scans the n bytes in s->data for the end of the header block,
+ * sets the record's flags and the connection's phase, writes the record. */
+static __always_inline void finish_capture(struct scratch_t *s, struct conn_state *c, u32 n)
 {
-    u32 budget;
-    if (c->phase == PHASE_HDR && c->cap_used < CAPTURE_BYTES) {
-        s->ev.kind = HTTP_EV_REQ_CONT;
-        s->ev.cap_off = c->cap_used;
-        budget = CAPTURE_BYTES - c->cap_used;
-    } else {
-        if (!is_request_line(head, hn))
-            return -1;
-        s->ev.kind = HTTP_EV_REQ_START;
-        c->cap_used = 0;
-        c->hdr_tail = 0;
-        budget = CAPTURE_BYTES;
-    }
-    u32 n = avail < budget ? avail : budget;
-    if (n > CAPTURE_BYTES)
-        n = CAPTURE_BYTES;
-    if (bpf_probe_read_user(s->data, n, (void *)ptr))
-        n = 0;
     u64 tail = c->hdr_tail;
     int done = scan_header_end(s->data, n, &tail);
     c->hdr_tail = tail;
@@ -325,29 +285,154 @@ static __always_inline int capture_request(struct scratch_t *s, struct conn_stat
     } else {
         c->phase = PHASE_HDR;
     }
-    return n;
+    emit(s, n);
+}
+
+/* The header scan runs in its own program, reached by a tail call: verified apart from
+ * the many paths of obsc_ex_io, each program stays far below the verifier's budget. */
+BPF_PROG_ARRAY(scan_prog, 1);
+
+int obsc_scan(struct sys_exit_args *args)
+{
+    u32 zero = 0;
+    struct scratch_t *s = scratch.lookup(&zero);
+    if (!s)
+        return 0;
+    struct conn_state *c = conns.lookup(&s->scan_key);
+    if (!c)
+        return 0;
+    u32 n = s->count;
+    if (n > CAPTURE_BYTES)
+        n = CAPTURE_BYTES;
+    finish_capture(s, c, n);
+    return 0;
+}
+
+/* Copies request header bytes after the `off` bytes already in s->data, then hands the
+ * capture to obsc_scan. */
+static __always_inline void capture_headers(struct sys_exit_args *args, struct scratch_t *s,
+                                            struct conn_state *c, u64 key, struct io_args *a,
+                                            long ret, u32 off, u32 budget)
+{
+    u32 n = off + gather(s, a, ret, off, budget - off);
+    if (n > CAPTURE_BYTES)
+        n = CAPTURE_BYTES;
+    s->count = n;
+    s->scan_key = key;
+    scan_prog.call(args, 0);
+    /* Reached only if the tail call failed (counted as loss): the capture goes out
+     * unscanned and the connection stops capturing this request's headers. */
+    count(HTTP_CTR_TAIL_FAILED);
+    c->cap_used += n;
+    c->phase = PHASE_BODY;
+    emit(s, n);
+}
+
+/* The first request-side bytes of a connection tracked since accept/connect are not
+ * HTTP/1.x: count the connection once per kind and tell user space (a blind spot). */
+static __always_inline void blind(struct scratch_t *s, struct io_args *a, long ret, u64 head, u32 hn)
+{
+    u8 kind = HTTP_BLIND_OTHER;
+    u32 ctr = HTTP_CTR_BLIND_OTHER;
+    if (is_tls_record(head, hn)) {
+        kind = HTTP_BLIND_TLS;
+        ctr = HTTP_CTR_BLIND_TLS;
+    } else if (is_h2_preface(head, hn)) {
+        kind = HTTP_BLIND_H2;
+        ctr = HTTP_CTR_BLIND_H2;
+    }
+    count(ctr);
+    s->ev.kind = HTTP_EV_BLIND;
+    s->ev.detail = kind;
+    emit(s, gather(s, a, ret, 0, HTTP_BLIND_CAPTURE));
+}
+
+/* Request-side bytes: continue the header capture of the current request, or start one
+ * when the bytes (with up to 7 carried from earlier syscalls) begin a request line. */
+static __always_inline void request_bytes(struct sys_exit_args *args, struct scratch_t *s,
+                                          struct conn_state *c, u64 key, struct io_args *a, long ret,
+                                          u64 head, u32 hn)
+{
+    u32 off = 0, budget = CAPTURE_BYTES;
+    if (c->phase == PHASE_HDR && c->cap_used < CAPTURE_BYTES) {
+        s->ev.kind = HTTP_EV_REQ_CONT;
+        s->ev.cap_off = c->cap_used;
+        budget = CAPTURE_BYTES - c->cap_used;
+    } else {
+        /* A request line may start with bytes an earlier syscall moved ("GE" + "T / ..."). */
+        u32 carried = c->pend_len & 7;
+        c->pend_len = 0;
+        u64 line = head;
+        u32 ln = hn;
+        if (carried) {
+            u64 joined = c->pend | (head << (8 * carried));
+            u32 jn = carried + hn > 8 ? 8 : carried + hn;
+            if (is_request_line(joined, jn)) {
+                line = joined;
+                ln = jn;
+            } else if ((u64)ret == hn && method_fragment(joined, carried + hn)) {
+                c->pend = joined;
+                c->pend_len = carried + hn;
+                return;
+            } else {
+                carried = 0; /* not a split request line: these bytes stand alone */
+            }
+        }
+        if (!is_request_line(line, ln)) {
+            if ((u64)ret == hn && method_fragment(head, hn)) {
+                c->pend = head;
+                c->pend_len = hn; /* decided by the next request-side syscall */
+            } else if (!c->seen) {
+                c->seen = 1;
+                blind(s, a, ret, head, hn);
+            }
+            return;
+        }
+        c->seen = 1;
+        c->cap_used = 0;
+        c->hdr_tail = 0;
+        s->ev.kind = HTTP_EV_REQ_START;
+        s->ev.carried = carried;
+        if (carried) {
+            *(u64 *)s->data = c->pend;
+            count(HTTP_CTR_SPLIT_LINE);
+        }
+        off = carried;
+    }
+    capture_headers(args, s, c, key, a, ret, off, budget);
 }
 
 int obsc_ex_io(struct sys_exit_args *args)
 {
     u64 id = bpf_get_current_pid_tgid();
-    struct io_args *ap = io_args.lookup(&id);
-    if (!ap)
+    u32 tgid = id >> 32;
+    if (!is_target(tgid))
         return 0;
+    struct io_args *ap = io_args.lookup(&id);
+    long ret = args->ret;
+    if (!ap) {
+        /* entered before this process became a target (and not primed), or io_args was full */
+        if (ret > 0)
+            count(HTTP_CTR_NO_ENTER);
+        return 0;
+    }
     struct io_args a = *ap;
     io_args.delete(&id);
-    long ret = args->ret;
-    if (ret <= 0)
+    if (a.nr != args->syscall_nr) {
+        if (ret > 0)
+            count(HTTP_CTR_NO_ENTER); /* a primed syscall that ended before it was primed */
+        return 0;
+    }
+    if (a.primed)
+        count(HTTP_CTR_PRIMED);
+    if (ret <= 0 || a.shape == SHAPE_SKIP || a.shape == SHAPE_CONNECT)
         return 0;
 
-    u32 tgid = id >> 32;
     u64 now = bpf_ktime_get_ns();
     u64 key = conn_key(tgid, a.fd);
     struct conn_state *c = conns.lookup(&key);
     int is_read = a.dir == DIR_READ;
 
-    if (a.shape == SHAPE_CONNECT)
-        return 0;
     if (a.shape == SHAPE_NONE) {
         if (c) {
             c->wr_bytes += ret;
@@ -357,11 +442,12 @@ int obsc_ex_io(struct sys_exit_args *args)
         return 0;
     }
 
-    u64 ptr = 0, avail = 0;
-    if (locate_data(&a, ret, &ptr, &avail))
-        avail = 0;
+    u32 zero = 0;
+    struct scratch_t *s = scratch.lookup(&zero);
+    if (!s)
+        return 0;
     u32 hn = 0;
-    u64 head = read_head(ptr, avail, &hn);
+    u64 head = read_head(s, &a, ret, &hn);
 
     if (!c) {
         /* Not seen at accept/connect (opened before attach, or accepted elsewhere):
@@ -377,6 +463,7 @@ int obsc_ex_io(struct sys_exit_args *args)
         fresh.conn_ns = now;
         fresh.role = role;
         fresh.by_content = 1;
+        fresh.seen = 1;
         int err = conns.insert(&key, &fresh);
         if (err && err != -ERR_EEXIST) {
             count(HTTP_CTR_CONN_MAP_FULL);
@@ -388,10 +475,6 @@ int obsc_ex_io(struct sys_exit_args *args)
             return 0;
     }
 
-    u32 zero = 0;
-    struct scratch_t *s = scratch.lookup(&zero);
-    if (!s)
-        return 0;
     fill_header(&s->ev, c, id, a.fd, ret, now);
     s->ev.syscall = a.sc;
     if (is_read) {
@@ -404,9 +487,7 @@ int obsc_ex_io(struct sys_exit_args *args)
 
     int request_side = (c->role == HTTP_ROLE_SERVER) == is_read;
     if (request_side) {
-        int n = capture_request(s, c, ptr, avail, head, hn);
-        if (n >= 0)
-            emit(s, n);
+        request_bytes(args, s, c, key, &a, ret, head, hn);
         return 0;
     }
     if (!is_status_line(head, hn))
@@ -414,10 +495,7 @@ int obsc_ex_io(struct sys_exit_args *args)
     if (c->phase == PHASE_HDR) /* the peer answers: the request capture is over */
         c->phase = PHASE_IDLE;
     s->ev.kind = HTTP_EV_RESP_START;
-    u32 n = avail < HTTP_RESP_CAPTURE ? avail : HTTP_RESP_CAPTURE;
-    if (bpf_probe_read_user(s->data, n & (HTTP_RESP_CAPTURE * 2 - 1), (void *)ptr))
-        n = 0;
-    emit(s, n & (HTTP_RESP_CAPTURE * 2 - 1));
+    emit(s, gather(s, &a, ret, 0, HTTP_RESP_CAPTURE));
     return 0;
 }
 
@@ -452,7 +530,7 @@ int obsc_en_connect(struct tracepoint__syscalls__sys_enter_connect *args)
     bpf_probe_read_user(&family, sizeof(family), (void *)args->uservaddr);
     if (family != 1 /* AF_UNIX */ && family != 2 /* AF_INET */ && family != 10 /* AF_INET6 */)
         return 0;
-    struct io_args a = {.fd = args->fd, .shape = SHAPE_CONNECT};
+    struct io_args a = {.fd = args->fd, .nr = args->__syscall_nr, .shape = SHAPE_CONNECT};
     if (io_args.update(&id, &a))
         count(HTTP_CTR_IO_MAP_FULL);
     return 0;
@@ -518,6 +596,20 @@ int obsc_fork(struct tracepoint__sched__sched_process_fork *args)
 #endif
 
 #ifndef OBSC_NO_EXIT
+/* The process's fds close without close() syscalls: one record tells user space to end
+ * its connections (and to drop their entries from "conns"). */
+static __always_inline void process_gone(u64 id)
+{
+    u32 zero = 0;
+    struct scratch_t *s = scratch.lookup(&zero);
+    if (!s)
+        return;
+    struct conn_state none = {};
+    fill_header(&s->ev, &none, id, -1, 0, bpf_ktime_get_ns());
+    s->ev.kind = HTTP_EV_EXIT;
+    emit(s, 0);
+}
+
 int obsc_exit(struct tracepoint__sched__sched_process_exit *args)
 {
     u64 id = bpf_get_current_pid_tgid();
@@ -529,11 +621,15 @@ int obsc_exit(struct tracepoint__sched__sched_process_exit *args)
         targets.delete(&tid);
 #ifdef HAVE_GROUP_DEAD
     /* The main thread may exit before the others: drop the process when the last goes. */
-    if (args->group_dead)
+    if (args->group_dead) {
         targets.delete(&tgid);
+        process_gone(id);
+    }
 #else
-    if (tid == tgid)
+    if (tid == tgid) {
         targets.delete(&tgid);
+        process_gone(id);
+    }
 #endif
     return 0;
 }

@@ -12,29 +12,29 @@ of collection; the kernel records carry those times so body syscalls need no rec
 the writing thread (tid) read and has not answered yet. Servers that hand requests to
 other threads, or serve several requests per thread (event loops), leave it None when
 there is not exactly one such request.
+
+Blind spots: connections whose first bytes are not HTTP/1.x (TLS, HTTP/2, other protocols)
+and connections upgraded away from HTTP/1.x (101) are counted per connection, with samples.
+When a target process exits its connections end there (the kernel closes its fds without
+close() syscalls): ``on_exit(tgid, fds)`` may return their final kernel totals.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Callable
 
-import httptools
-
 from agent.evidence import KernelRequest
 from agent.kernel.clock import ClockMap
 from agent.kernel.events import (
-    EV_CLOSE, EV_REQ_CONT, EV_REQ_START, EV_RESP_START, F_BY_CONTENT, F_HDR_DONE, F_TRUNCATED,
-    ROLE_SERVER, SC_WRITE, SOCKET_ONLY_SYSCALLS, Event,
+    BLIND_KINDS, EV_BLIND, EV_CLOSE, EV_EXIT, EV_REQ_CONT, EV_REQ_START, EV_RESP_START, F_BY_CONTENT,
+    F_HDR_DONE, F_TRUNCATED, ROLE_SERVER, SC_WRITE, SOCKET_ONLY_SYSCALLS, Event,
 )
+from agent.kernel.wire import message_starts, parse_requests, parse_statuses  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
-
-_STATUS = re.compile(rb"HTTP/1\.(\d) (\d{3})")
-
 
 @dataclass(slots=True)
 class ConnSnapshot:
@@ -126,90 +126,16 @@ def _after(ev: Event) -> ConnSnapshot:
     return s
 
 
-class _Messages:
-    """httptools callbacks: collects the request messages of one capture."""
-
-    def __init__(self) -> None:
-        self.parser = httptools.HttpRequestParser(self)
-        self.msgs: list[dict] = []
-
-    def on_message_begin(self) -> None:
-        self.msgs.append({"method": "", "url": bytearray(), "headers": {}, "complete": False,
-                          "version": ""})
-
-    def on_url(self, url: bytes) -> None:
-        m = self.msgs[-1]
-        if not m["method"]:
-            m["method"] = self.parser.get_method().decode("latin-1")
-        m["url"] += url
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        # httptools calls this only for complete values: a cut header is never guessed.
-        key = name.decode("latin-1").lower()
-        self.msgs[-1]["headers"].setdefault(key, []).append(value.decode("latin-1"))
-
-    def on_headers_complete(self) -> None:
-        m = self.msgs[-1]
-        m["complete"] = True
-        m["version"] = self.parser.get_http_version()
-
-
-def parse_requests(data: bytes) -> tuple[list[dict], bool]:
-    """Parse the request messages in a capture; returns them and whether parsing failed."""
-    p = _Messages()
-    failed = False
-    try:
-        p.parser.feed_data(data)
-    except httptools.HttpParserUpgrade:
-        pass  # CONNECT / Upgrade: what follows is not HTTP/1.x
-    except httptools.HttpParserError:
-        failed = True
-    if p.msgs and not p.msgs[0]["version"] and b"\r\n" in data:
-        # headers cut short: the version still comes from a complete request line
-        first = data.split(b"\r\n", 1)[0].split(b" ")
-        if len(first) == 3 and first[2].startswith(b"HTTP/"):
-            p.msgs[0]["version"] = first[2][5:].decode("latin-1")
-    return [m for m in p.msgs if m["method"]], failed
-
-
-def _message_starts(data: bytes, msgs: list[dict]) -> list[int]:
-    """Offsets of each pipelined message in a capture (header block + Content-Length)."""
-    starts, pos = [], 0
-    for m in msgs:
-        starts.append(pos)
-        end = data.find(b"\r\n\r\n", pos)
-        if end < 0:
-            break
-        try:
-            body = int(m["headers"].get("content-length", ["0"])[0])
-        except ValueError:
-            body = 0
-        pos = end + 4 + body
-    return starts
-
-
-def parse_statuses(data: bytes) -> list[int]:
-    """Status codes of the status lines at the start of a response capture (interim first)."""
-    out, pos = [], 0
-    while True:
-        m = _STATUS.match(data, pos)
-        if not m:
-            return out
-        code = int(m.group(2))
-        out.append(code)
-        if not 100 <= code < 200 or code == 101:
-            return out
-        end = data.find(b"\r\n\r\n", m.end())
-        if end < 0:
-            return out
-        pos = end + 4
-
-
 class Assembler:
     """Feed it decoded records in ring-buffer order; ask for requests at the end."""
 
-    def __init__(self, is_socket: Callable[[int, int], bool | None] | None = None) -> None:
+    MAX_BLIND_SAMPLES = 20
+
+    def __init__(self, is_socket: Callable[[int, int], bool | None] | None = None,
+                 on_exit: Callable[[int, list[int]], dict[int, ConnSnapshot]] | None = None) -> None:
         self._is_socket = is_socket
+        self._on_exit = on_exit
+        self.blind_samples: list[dict] = []  # the first blind connections, for the report
         self._conns: dict[tuple[int, int], _Conn] = {}
         self._generations: Counter[tuple[int, int]] = Counter()
         self._done: list[_Req] = []
@@ -221,6 +147,9 @@ class Assembler:
 
     def feed(self, ev: Event) -> None:
         self.stats["records"] += 1
+        if ev.kind == EV_EXIT:
+            self._process_exit(ev.tgid)
+            return
         conn = self._conn_for(ev)
         if conn is None:
             return
@@ -239,6 +168,8 @@ class Assembler:
             del self._conns[(ev.tgid, ev.fd)]
             self.stats["closes"] += 1
             return
+        elif ev.kind == EV_BLIND:
+            self._blind(conn, ev)
         else:
             self.stats["unknown_kind"] += 1
         conn.after = _after(ev)
@@ -272,6 +203,12 @@ class Assembler:
         conn.cap_ts, conn.cap_tid = ev.ts_ns, ev.tid
         conn.cap_resp_base = conn.resp_side(before)[1]
         conn.chunk_base = conn.req_total(before)
+        if ev.carried:
+            # The request line began in an earlier syscall ("GE" + "T / ..."): the request
+            # started when that one returned, and its bytes are part of the request.
+            conn.cap_ts = before.last_read_ns if conn.server else before.last_write_ns
+            conn.chunk_base -= ev.carried
+            self.stats["split_request_lines"] += 1
         self.stats["request_starts"] += 1
         if ev.flags & (F_HDR_DONE | F_TRUNCATED):
             self._flush_capture(conn)
@@ -317,7 +254,7 @@ class Assembler:
                 req.parent_request = serving[0].id if len(serving) == 1 else None
                 self.stats["client_requests"] += 1
         conn.chunk = new
-        starts = _message_starts(bytes(data), msgs)
+        starts = message_starts(bytes(data), msgs)
         for req, a, b in zip(new, starts, starts[1:]):
             req.req_bytes = b - a
 
@@ -347,6 +284,8 @@ class Assembler:
         final = statuses[-1] if statuses else None
         if final is None:
             self.stats["unparsed_status"] += 1
+        elif final == 101:  # the connection leaves HTTP/1.x (WebSocket, h2c): a blind spot
+            self.stats["upgraded"] += 1
         conn.fifo.popleft()
         self._unserve(head)
         head.status = final
@@ -379,6 +318,32 @@ class Assembler:
                 req.aborted = True
                 self.stats["aborted"] += 1
             self._done.append(req)
+
+    def _blind(self, conn: _Conn, ev: Event) -> None:
+        kind = BLIND_KINDS.get(ev.detail, "other_protocol")
+        role = "server" if conn.server else "client"
+        self.stats[f"blind_{role}_{kind}"] += 1
+        if len(self.blind_samples) < self.MAX_BLIND_SAMPLES:
+            self.blind_samples.append({"tgid": ev.tgid, "fd": ev.fd, "role": role, "kind": kind,
+                                       "first_bytes": ev.data.hex()})
+
+    def _process_exit(self, tgid: int) -> None:
+        """The process is gone: each of its connections ends at its final kernel totals."""
+        self.stats["process_exits"] += 1
+        fds = [fd for (t, fd) in self._conns if t == tgid]
+        try:
+            final = self._on_exit(tgid, fds) if self._on_exit else {}
+        except Exception:  # the totals are a refinement: end at the last record instead
+            log.debug("reading final totals of pid %d failed", tgid, exc_info=True)
+            final = {}
+        for fd in fds:
+            conn = self._conns.pop((tgid, fd))
+            state = final.get(fd)
+            if state is None or state.conn_ns not in (0, conn.conn_ns):
+                state = conn.after
+            if not conn.ignored:
+                self._close(conn, state)
+            self.stats["ended_by_exit"] += 1
 
     def _unserve(self, req: _Req) -> None:
         if req.direction != "server":

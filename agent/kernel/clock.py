@@ -1,7 +1,8 @@
-"""Monotonic (bpf_ktime_get_ns) to Unix time: a measured offset and its uncertainty."""
+"""Monotonic (bpf_ktime_get_ns) to Unix time: measured offsets, their uncertainty, wall-clock steps."""
 
 from __future__ import annotations
 
+import bisect
 import time
 from dataclasses import asdict, dataclass
 
@@ -44,36 +45,68 @@ def measure(samples: int = SAMPLES) -> ClockSample:
     return ClockSample(offset, (width + 1) // 2, m)
 
 
-class ClockMap:
-    """Converts monotonic ns to Unix ns from a start (and, once known, an end) sample.
+def _is_step(a: ClockSample, b: ClockSample) -> bool:
+    elapsed = max(0, b.mono_ns - a.mono_ns)
+    allowed = elapsed * MAX_SLEW_PPM // 1_000_000 + a.uncertainty_ns + b.uncertainty_ns + STEP_SLACK_NS
+    return abs(b.offset_ns - a.offset_ns) > allowed
 
-    Between two samples the offset is interpolated linearly (NTP slew). If the offset
-    moved more than slew can explain, the wall clock stepped at an unknown moment: the
-    start offset is kept, ``stepped`` is set and the uncertainty covers the step.
+
+class ClockMap:
+    """Converts monotonic ns to Unix ns from samples taken at the start, during and at the end.
+
+    Between two consecutive samples the offset is interpolated linearly (NTP slew). If it
+    moved more than slew can explain, the wall clock stepped at an unknown moment between
+    them: times there keep the earlier offset, the step is listed and the uncertainty
+    covers it. Sampling every second or so (the collector does) pins a step to that second.
     """
 
     def __init__(self, start: ClockSample) -> None:
-        self.start = start
-        self.end: ClockSample | None = None
+        self.samples: list[ClockSample] = [start]
+        self._monos = [start.mono_ns]
+        self.closed = False
+        self.steps: list[dict[str, int]] = []  # {after_mono_ns, before_mono_ns, delta_ns}
+
+    @property
+    def start(self) -> ClockSample:
+        return self.samples[0]
+
+    @property
+    def end(self) -> ClockSample | None:
+        return self.samples[-1] if self.closed else None
+
+    def add(self, sample: ClockSample) -> bool:
+        """Record a sample taken later than the last one; True when the clock stepped between."""
+        prev = self.samples[-1]
+        if sample.mono_ns <= prev.mono_ns:
+            return False
+        self.samples.append(sample)
+        self._monos.append(sample.mono_ns)
+        if _is_step(prev, sample):
+            self.steps.append({"after_mono_ns": prev.mono_ns, "before_mono_ns": sample.mono_ns,
+                               "delta_ns": sample.offset_ns - prev.offset_ns})
+            return True
+        return False
 
     def close(self, end: ClockSample) -> None:
-        self.end = end
+        self.add(end)
+        self.closed = True
 
     @property
     def stepped(self) -> bool:
-        if self.end is None:
-            return False
-        elapsed = max(0, self.end.mono_ns - self.start.mono_ns)
-        allowed = (elapsed * MAX_SLEW_PPM // 1_000_000 + self.start.uncertainty_ns
-                   + self.end.uncertainty_ns + STEP_SLACK_NS)
-        return abs(self.end.offset_ns - self.start.offset_ns) > allowed
+        return bool(self.steps) or (len(self.samples) > 1 and _is_step(self.samples[0], self.samples[-1]))
 
     def offset_at(self, mono_ns: int) -> int:
-        s, e = self.start, self.end
-        if e is None or self.stepped or e.mono_ns <= s.mono_ns:
-            return s.offset_ns
-        frac = min(1.0, max(0.0, (mono_ns - s.mono_ns) / (e.mono_ns - s.mono_ns)))
-        return s.offset_ns + round((e.offset_ns - s.offset_ns) * frac)
+        s = self.samples
+        i = bisect.bisect_right(self._monos, mono_ns) - 1
+        if i < 0:
+            return s[0].offset_ns
+        if i >= len(s) - 1:  # after the last sample: its offset is the latest known
+            return s[-1].offset_ns
+        a, b = s[i], s[i + 1]
+        if _is_step(a, b):
+            return a.offset_ns
+        frac = (mono_ns - a.mono_ns) / (b.mono_ns - a.mono_ns)
+        return a.offset_ns + round((b.offset_ns - a.offset_ns) * frac)
 
     def to_unix(self, mono_ns: int | None) -> int | None:
         if mono_ns is None:
@@ -82,22 +115,29 @@ class ClockMap:
 
     @property
     def uncertainty_ns(self) -> int:
-        unc = self.start.uncertainty_ns
-        if self.end is not None:
-            unc = max(unc, self.end.uncertainty_ns)
-            if self.stepped:
-                unc = max(unc, abs(self.end.offset_ns - self.start.offset_ns))
+        unc = max(x.uncertainty_ns for x in self.samples)
+        if self.stepped:
+            unc = max([unc, abs(self.samples[-1].offset_ns - self.start.offset_ns)]
+                      + [abs(st["delta_ns"]) for st in self.steps])
         return unc
 
     def info(self) -> dict:
-        """For RunMeta.clock: offsets, uncertainty, drift and whether the clock stepped."""
+        """For RunMeta.clock: offsets at start and end, uncertainty, drift, steps, a warning."""
+        end = self.end
         out = {
             "source": "CLOCK_MONOTONIC (bpf_ktime_get_ns) -> CLOCK_REALTIME",
             "offset_ns": self.start.offset_ns,
             "uncertainty_ns": self.uncertainty_ns,
             "start": asdict(self.start),
-            "end": asdict(self.end) if self.end else None,
-            "drift_ns": (self.end.offset_ns - self.start.offset_ns) if self.end else None,
+            "end": asdict(end) if end else None,
+            "drift_ns": (end.offset_ns - self.start.offset_ns) if end else None,
+            "samples": len(self.samples),
+            "steps": list(self.steps),
             "stepped": self.stepped,
+            "warning": "",
         }
+        if self.stepped:
+            worst = max([abs(st["delta_ns"]) for st in self.steps] or [abs(out["drift_ns"] or 0)])
+            out["warning"] = (f"the wall clock was stepped during the run (by up to {worst / 1e6:.3f} ms): "
+                              "Unix times near the step are uncertain by that much")
         return out

@@ -12,9 +12,11 @@ import time
 from collections import Counter
 
 from agent.evidence import EvidenceWriter, KernelRequest
+from agent.kernel import stats as kstats
 from agent.kernel.assembler import Assembler
 from agent.kernel.clock import ClockMap, measure
-from agent.kernel.events import RecordError, decode
+from agent.kernel.events import CTR_RINGBUF_DROPS, RecordError, decode
+from agent.kernel.inflight import Primer
 from agent.kernel.probes import (
     DEFAULT_CAPTURE_BYTES, DEFAULT_MAP_ENTRIES, DEFAULT_RINGBUF_PAGES, ProbeConfig, Probes, bpf_source,
 )
@@ -22,17 +24,8 @@ from agent.kernel.probes import (
 log = logging.getLogger(__name__)
 
 POLL_MS = 20  # longest a record waits in the ring when no wake-up comes
-# Counters that mean the agent lost sight of something: any of them makes KT inconclusive.
-LOSS_KEYS = ("ring_drops", "truncated_captures", "map_full", "io_map_full", "targets_full", "bad_records",
-             "callback_errors")
-# What the probes cannot see, reported with every run (SPEC §3: blind spots are not hidden).
-BLIND_SPOTS = [
-    "TLS payloads", "HTTP/2 and gRPC", "sendfile bodies",
-    "iovecs after the first in readv/writev/sendmsg/recvmsg",
-    "a syscall already in progress when its process became a target (e.g. the next request "
-    "on a keep-alive connection idle at that moment: counted as orphan_responses)",
-    "a request line split over two reads",
-]
+CLOCK_EVERY_S = 1.0  # a wall-clock step is pinned to within this
+LOSS_KEYS = kstats.LOSS_KEYS
 
 
 def _is_socket(tgid: int, fd: int) -> bool | None:
@@ -62,13 +55,16 @@ class KernelCollector:
         self.writer = writer
         self.poll_ms = poll_ms
         self._probes: Probes | None = None
-        self._assembler = Assembler(is_socket=_is_socket)
+        self._assembler = Assembler(is_socket=_is_socket, on_exit=self._final_totals)
+        self._primer: Primer | None = None
         self._clock: ClockMap | None = None
+        self._next_clock = 0.0
         self._lock = threading.Lock()  # the ring buffer and the assembler are not thread-safe
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._user = Counter()  # user-space counters: received, bad_records, callback_errors
         self._final_kernel: dict[str, int] | None = None
+        self._final_drops_per_cpu: list[int] | None = None
         self._final: list[KernelRequest] | None = None
         self._targets: set[int] = set()
         self._old_sigterm = None
@@ -84,7 +80,9 @@ class KernelCollector:
         atexit.register(self.stop)
         self._install_sigterm()
         try:
-            self._probes.load()
+            self._probes.load(before_attach=self._prime_cgroup if self.config.cgroup else None)
+            if self._primer is not None:
+                self._primer.settle()
             self._probes.bpf[b"events"].open_ring_buffer(self._on_record)
             self._thread = threading.Thread(target=self._poll_loop, name="obsconform-kernel", daemon=True)
             self._thread.start()
@@ -110,6 +108,7 @@ class KernelCollector:
             if self._probes is not None and self._probes.bpf is not None:
                 try:
                     self._final_kernel = self._probes.counters()
+                    self._final_drops_per_cpu = self._probes.counter_per_cpu(CTR_RINGBUF_DROPS)
                 except Exception:  # a half-loaded object: detaching matters more
                     log.debug("reading counters at stop failed", exc_info=True)
                 self._probes.unload()
@@ -135,12 +134,31 @@ class KernelCollector:
 
     def add_target(self, tgid: int, children: bool = True) -> None:
         """Trace process ``tgid``; processes it forks from now on are followed in the kernel.
-        With ``children``, its descendants that exist already are added too."""
+        With ``children``, its descendants that exist already are added too. Reads and
+        writes its threads are already blocked in are primed first (agent/kernel/inflight)."""
         self._require_running()
         pids = [tgid] + (_descendants(tgid) if children else [])
+        primer = self._new_primer()
+        primer.prime(pids)
         for pid in pids:
             self._probes.set_target(pid, True)
             self._targets.add(pid)
+        primer.settle()
+
+    def _new_primer(self) -> Primer:
+        if self._primer is None:
+            self._primer = Primer(self._probes.bpf[b"io_args"])
+        return self._primer
+
+    def _prime_cgroup(self) -> None:
+        """Before attach: prime the blocked syscalls of every process in the cgroup tree."""
+        self._new_primer().prime(cgroup_pids(self.config.cgroup))
+
+    def _final_totals(self, tgid: int, fds: list[int]):
+        # Called by the assembler (inside _on_record, lock held) when a target exits.
+        if self._probes is None or self._probes.bpf is None:
+            return {}
+        return self._probes.take_conns(tgid, fds)
 
     def remove_target(self, tgid: int) -> None:
         self._require_running()
@@ -186,10 +204,21 @@ class KernelCollector:
                     # returns on a forced wake-up or after poll_ms; consume takes the rest
                     self._probes.bpf.ring_buffer_poll(self.poll_ms)
                     self._probes.bpf.ring_buffer_consume()
+                    self._sample_clock()
             except Exception as e:
                 self._user["poll_errors"] += 1
                 self._warn_once("ring-buffer poll failed: %r", e)
                 self._stop.wait(self.poll_ms / 1000)
+
+    def _sample_clock(self) -> None:
+        """Every CLOCK_EVERY_S: one more offset sample, so that a wall-clock step is seen
+        (and pinned to a second) even if a later step undoes it."""
+        now = time.monotonic()
+        if now < self._next_clock or self._clock is None:
+            return
+        self._next_clock = now + CLOCK_EVERY_S
+        if self._clock.add(measure(5)):
+            log.warning("the wall clock was stepped during the run: %s", self._clock.steps[-1])
 
     def drain(self, timeout_s: float = 1.0) -> int:
         """Consume every record written so far now; returns how many were consumed."""
@@ -237,31 +266,24 @@ class KernelCollector:
     # --- reporting --------------------------------------------------------------------------
 
     def stats(self) -> dict:
-        """Counters for RunMeta.kernel_stats: in-kernel (records, ring_drops,
-        truncated_captures, map_full, io_map_full, targets_full, children_followed,
-        classified_by_content, sendfile_calls, wakeups), user-space (user_received,
-        bad_records, callback_errors), the assembler's (request_starts, orphan_responses,
-        aborted, ...), ``loss`` (the sum of LOSS_KEYS: non-zero makes KT inconclusive),
-        compile/attach times, missing tracepoints and blind spots."""
-        kernel = self._final_kernel
+        """Counters for RunMeta.kernel_stats (see agent/kernel/stats.py): in-kernel counters
+        (records, ring_drops and ring_drops_per_cpu, truncated_captures, map_full over every
+        map, blind_*, syscalls_unseen_at_entry, ...), user-space ones (user_received,
+        bad_records, callback_errors), the assembler's, ``loss`` (non-zero makes KT
+        inconclusive), ``blind_spots``, ``sizes``, compile/attach times, missing tracepoints."""
+        kernel, per_cpu = self._final_kernel, self._final_drops_per_cpu
         if kernel is None and self._probes is not None and self._probes.bpf is not None:
             kernel = self._probes.counters()
-        out: dict = dict(kernel or {})
+            per_cpu = self._probes.counter_per_cpu(CTR_RINGBUF_DROPS)
         with self._lock:
-            out.update({f"user_{k}": v for k, v in self._user.items()})
-            out["bad_records"] = self._user["bad_records"]
-            out["callback_errors"] = self._user["callback_errors"]
-            out["assembler"] = dict(self._assembler.stats)
-        out["loss"] = sum(out.get(k, 0) for k in LOSS_KEYS)
-        if "records" in out:  # written after the last drain (after finish): not part of the run
-            out["records_not_consumed"] = out["records"] - out.get("user_received", 0)
-        out["capture_bytes"] = self.config.capture_bytes
+            out = kstats.compose(kernel, per_cpu, self._user, self._assembler.stats,
+                                 self._assembler.blind_samples,
+                                 self._primer.stats if self._primer else {}, self.config.sizes())
         out["targets"] = sorted(self._targets)
         if self._probes is not None:
             out["compile_s"] = round(self._probes.compile_s, 3)
             out["attach_s"] = round(self._probes.attach_s, 3)
             out["missing_tracepoints"] = list(self._probes.missing)
-        out["blind_spots"] = list(BLIND_SPOTS)
         return out
 
     def clock_info(self) -> dict:
@@ -286,6 +308,19 @@ class KernelCollector:
 
 def _sigterm_to_exit(signum: int, _frame: object) -> None:
     raise SystemExit(128 + signum)
+
+
+def cgroup_pids(path: str) -> list[int]:
+    """Processes in cgroup v2 directory ``path`` and its sub-cgroups."""
+    out = []
+    for root, _dirs, files in os.walk(path):
+        if "cgroup.procs" in files:
+            try:
+                with open(os.path.join(root, "cgroup.procs")) as f:
+                    out += [int(x) for x in f.read().split()]
+            except (OSError, ValueError):
+                continue
+    return out
 
 
 def _descendants(pid: int) -> list[int]:

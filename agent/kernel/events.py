@@ -11,6 +11,13 @@ EV_REQ_START = 1
 EV_REQ_CONT = 2
 EV_RESP_START = 3
 EV_CLOSE = 4
+EV_BLIND = 5
+EV_EXIT = 6
+
+BLIND_TLS = 1
+BLIND_H2 = 2
+BLIND_OTHER = 3
+BLIND_KINDS = {BLIND_TLS: "tls", BLIND_H2: "http2", BLIND_OTHER: "other_protocol"}
 
 ROLE_SERVER = 1
 ROLE_CLIENT = 2
@@ -42,7 +49,14 @@ CTR_FORKS = 6
 CTR_BY_CONTENT = 7
 CTR_SENDFILE = 8
 CTR_WAKEUPS = 9
-CTR_NUM = 10
+CTR_NO_ENTER = 10
+CTR_BLIND_TLS = 11
+CTR_BLIND_H2 = 12
+CTR_BLIND_OTHER = 13
+CTR_SPLIT_LINE = 14
+CTR_PRIMED = 15
+CTR_TAIL_FAILED = 16
+CTR_NUM = 17
 
 # Names under which KernelCollector.stats() reports the in-kernel counters.
 COUNTER_NAMES = {
@@ -56,9 +70,17 @@ COUNTER_NAMES = {
     CTR_BY_CONTENT: "classified_by_content",
     CTR_SENDFILE: "sendfile_calls",
     CTR_WAKEUPS: "wakeups",
+    CTR_NO_ENTER: "syscalls_unseen_at_entry",
+    CTR_BLIND_TLS: "blind_tls",
+    CTR_BLIND_H2: "blind_http2",
+    CTR_BLIND_OTHER: "blind_other_protocol",
+    CTR_SPLIT_LINE: "split_request_lines",
+    CTR_PRIMED: "primed_syscalls",
+    CTR_TAIL_FAILED: "unscanned_captures",
 }
 
 RESP_CAPTURE = 64
+BLIND_CAPTURE = 16
 
 
 class HttpEvent(ctypes.Structure):
@@ -81,7 +103,9 @@ class HttpEvent(ctypes.Structure):
         ("role", ctypes.c_uint8),
         ("flags", ctypes.c_uint8),
         ("syscall", ctypes.c_uint8),
-        ("reserved", ctypes.c_uint32),
+        ("carried", ctypes.c_uint8),
+        ("detail", ctypes.c_uint8),
+        ("reserved", ctypes.c_uint16),
     ]
 
 
@@ -128,6 +152,8 @@ class Event:
     flags: int
     syscall: int
     data: bytes = b""
+    carried: int = 0  # REQ_START: leading bytes of data that earlier syscalls moved
+    detail: int = 0  # BLIND: BLIND_*
 
 
 class RecordError(ValueError):
@@ -139,7 +165,8 @@ def decode(raw: bytes) -> Event:
     if len(raw) < HEADER_SIZE:
         raise RecordError(f"record of {len(raw)} bytes is shorter than the {HEADER_SIZE}-byte header")
     fields = _HEADER.unpack_from(raw)
-    ev = Event(*fields[:-1])  # the last field is "reserved"
+    ev = Event(*fields[:16])
+    ev.carried, ev.detail = fields[16], fields[17]  # fields[18] is "reserved"
     end = HEADER_SIZE + ev.cap_len
     if len(raw) < end:
         raise RecordError(f"record of {len(raw)} bytes announces {ev.cap_len} captured bytes")

@@ -18,6 +18,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from agent.errors import ProbeError
 from agent.kernel.assembler import ConnSnapshot
@@ -28,13 +29,17 @@ log = logging.getLogger(__name__)
 BPF_DIR = Path(os.environ.get("OBSCONFORM_BPF_DIR") or Path(__file__).resolve().parents[2] / "bpf")
 PROGRAM_FILE = BPF_DIR / "http_trace.bpf.c"
 HEADER_FILE = BPF_DIR / "http_event.h"
-SOURCE_FILES = (HEADER_FILE, BPF_DIR / "http_bytes.h", PROGRAM_FILE)  # in reading order
+SOURCE_FILES = (HEADER_FILE, BPF_DIR / "http_bytes.h", BPF_DIR / "http_data.h", PROGRAM_FILE)  # reading order
 PROG_PREFIX = "obsc_"  # every program in http_trace.bpf.c is named obsc_*
 
 DEFAULT_CAPTURE_BYTES = 1024
 CAPTURE_RANGE = (256, 4096)
+# Sized for 50k requests/s: ~2 records of ~0.3 KiB each per request is ~30 MB/s, so a
+# 4 MiB ring holds ~130 ms of records, several user-space poll periods (POLL_MS).
 DEFAULT_RINGBUF_PAGES = 1024  # 4 MiB
-DEFAULT_MAP_ENTRIES = 65536
+DEFAULT_MAP_ENTRIES = 65536  # connections open at once
+DEFAULT_IO_ENTRIES = 16384  # target threads inside a read/write syscall at once
+DEFAULT_TARGET_ENTRIES = 16384  # target processes and followed threads
 
 # Syscall families: (name, its enter program, -D flag that compiles it out when absent).
 # Every family's sys_exit goes to obsc_ex_io except accept and connect.
@@ -76,6 +81,8 @@ class ProbeConfig:
     capture_bytes: int = DEFAULT_CAPTURE_BYTES
     ringbuf_pages: int = DEFAULT_RINGBUF_PAGES
     map_entries: int = DEFAULT_MAP_ENTRIES
+    io_entries: int = DEFAULT_IO_ENTRIES
+    target_entries: int = DEFAULT_TARGET_ENTRIES
     cgroup: str | None = None  # cgroup v2 directory: its processes are targets too
     absent: list[str] = field(default_factory=list)  # -D flags for missing tracepoints
     group_dead: bool = True
@@ -86,6 +93,14 @@ class ProbeConfig:
         if self.ringbuf_pages & (self.ringbuf_pages - 1):
             raise ValueError(f"ringbuf_pages must be a power of two, got {self.ringbuf_pages}")
         _check_int("map_entries", self.map_entries, 64, 1 << 22)
+        _check_int("io_entries", self.io_entries, 64, 1 << 22)
+        _check_int("target_entries", self.target_entries, 64, 1 << 22)
+
+    def sizes(self) -> dict[str, int]:
+        """The configured buffer and map sizes, for the report."""
+        return {"capture_bytes": self.capture_bytes, "ringbuf_pages": self.ringbuf_pages,
+                "ringbuf_bytes": self.ringbuf_pages * os.sysconf("SC_PAGE_SIZE"), "max_connections": self.map_entries,
+                "max_in_flight_syscalls": self.io_entries, "max_targets": self.target_entries}
 
     def cflags(self) -> list[str]:
         self.validate()
@@ -94,6 +109,8 @@ class ProbeConfig:
             f"-DCAPTURE_BYTES={self.capture_bytes:d}",
             f"-DRINGBUF_PAGES={self.ringbuf_pages:d}",
             f"-DMAP_ENTRIES={self.map_entries:d}",
+            f"-DIO_ENTRIES={self.io_entries:d}",
+            f"-DTARGET_ENTRIES={self.target_entries:d}",
             # Each CPU wakes the reader up after 1/16 of the ring: batching without overflow.
             f"-DWAKEUP_BYTES={self.ringbuf_pages * 4096 // 16:d}",
         ]
@@ -149,8 +166,9 @@ class Probes:
         self.missing: list[str] = []  # tracepoints this kernel lacks (blind spots)
         self.compile_s = self.attach_s = 0.0
 
-    def load(self) -> None:
-        """Compile and attach; raises ProbeError with what to do on failure."""
+    def load(self, before_attach: Callable[[], None] | None = None) -> None:
+        """Compile and attach; raises ProbeError with what to do on failure.
+        ``before_attach`` runs once the maps exist and before any program runs."""
         try:
             from bcc import BPF
         except ImportError as e:
@@ -169,6 +187,21 @@ class Probes:
                              "run `make setup` for kernel headers, or pass --no-ebpf") from e
         self.compile_s = time.monotonic() - t0
         t0 = time.monotonic()
+        try:
+            # obsc_ex_io tail-calls the header scan: the slot is filled before it can run.
+            scan = self.bpf.load_func(b"obsc_scan", BPF.TRACEPOINT)
+            table = self.bpf[b"scan_prog"]
+            table[ctypes.c_int(0)] = ctypes.c_int(scan.fd)
+        except Exception as e:
+            self.unload()
+            raise ProbeError(f"cannot load the header scan program ({str(e).splitlines()[0]}): "
+                             "this kernel's verifier rejects it; pass --no-ebpf") from e
+        if before_attach is not None:
+            try:
+                before_attach()
+            except BaseException:
+                self.unload()
+                raise
         try:
             for fn, tp in plan:
                 self.bpf.attach_tracepoint(tp=tp.encode(), fn_name=fn.encode())
@@ -241,6 +274,10 @@ class Probes:
                 for point, result in zip(points, pool.map(_try_detach(bpf), points)):
                     if result is not None:
                         log.warning("detaching %s failed (%s); cleanup retries it", point.decode(), result)
+        try:  # a prog array releases its programs from a workqueue: empty it now
+            del bpf[b"scan_prog"][ctypes.c_int(0)]
+        except Exception:  # noqa: BLE001  (never filled, or already gone)
+            pass
         bpf.cleanup()
         self.attached = []
 
@@ -263,6 +300,25 @@ class Probes:
     def counters(self) -> dict[str, int]:
         table = self.bpf[b"counters"]
         return {COUNTER_NAMES[i]: int(table.sum(table.Key(i)).value) for i in range(CTR_NUM)}
+
+    def counter_per_cpu(self, index: int) -> list[int]:
+        """One counter's value on each possible CPU."""
+        table = self.bpf[b"counters"]
+        return [int(v) for v in table[table.Key(index)]]
+
+    def take_conns(self, tgid: int, fds: list[int]) -> dict[int, ConnSnapshot]:
+        """Final totals of these connections of an exited process; their entries are removed."""
+        table = self.bpf[b"conns"]
+        out = {}
+        for fd in fds:
+            key = table.Key((tgid << 32) | (fd & 0xFFFFFFFF))
+            try:
+                v = table[key]
+                del table[key]
+            except KeyError:
+                continue
+            out[fd] = ConnSnapshot(v.last_read_ns, v.last_write_ns, v.rd_bytes, v.wr_bytes, v.conn_ns)
+        return out
 
     def conn_snapshots(self) -> dict[tuple[int, int], ConnSnapshot]:
         """The connection map: (tgid, fd) -> totals, for connections still open."""

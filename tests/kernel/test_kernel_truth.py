@@ -216,24 +216,29 @@ def test_outbound_call_carries_context_and_names_its_parent_request(collector, s
     collector.remove_target(sut.pid)
 
 
-def test_a_connection_opened_before_targeting_is_classified_by_content(collector, start_server):
+def test_a_read_in_progress_at_attach_is_primed_and_its_request_seen(collector, start_server):
     server = start_server()
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
-    conn.request("GET", "/before")
+    tps = [str(new_traceparent()) for _ in range(3)]
+    conn.request("GET", "/before", headers={"traceparent": tps[0]})
     conn.getresponse().read()
     wait_for(lambda: blocked_in_recvfrom(server.pid), what="the server thread to wait in recvfrom()")
+    # The server thread entered recv() before it became a target: add_target reads that
+    # syscall's arguments from /proc and primes them, so the next request is not lost.
     collector.add_target(server.pid)
     before = collector.stats()
-    # Blind spot: the server thread entered recv() before it became a target, so the
-    # first request's read is not seen; its response is (and classifies the connection).
-    for path in ("/missed", "/after"):
-        conn.request("GET", path)
+    for path, tp in (("/first", tps[1]), ("/second", tps[2])):
+        conn.request("GET", path, headers={"traceparent": tp})
         conn.getresponse().read()
     conn.close()
-    got = wait_requests(collector, server.pid, 1)
-    assert [(r.target, r.status) for r in got] == [("/after", 200)]
-    assert counter_delta(collector, before, "classified_by_content") == 1
-    assert counter_delta(collector, before, "orphan_responses") == 1
+    got = wait_requests(collector, server.pid, 2)
+    assert [(r.target, r.status, r.header("traceparent")) for r in got] == \
+        [("/first", 200, tps[1]), ("/second", 200, tps[2])]
+    assert got[0].t_req_first <= got[0].t_resp_first <= got[0].t_resp_last <= got[1].t_req_first
+    assert counter_delta(collector, before, "primed_syscalls") == 1
+    assert counter_delta(collector, before, "classified_by_content") == 1, "accepted before attach"
+    assert counter_delta(collector, before, "orphan_responses") == 0
+    assert counter_delta(collector, before, "syscalls_unseen_at_entry") == 0
     collector.remove_target(server.pid)
 
 

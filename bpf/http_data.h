@@ -1,0 +1,105 @@
+/* http_data.h: copying a syscall's bytes out of user memory (part of http_trace.bpf.c).
+ *
+ * A read/write-family syscall moves its bytes through one buffer (read, write, recvfrom,
+ * sendto), an iovec array (readv, writev) or a msghdr's iovec array (recvmsg, sendmsg).
+ * gather() copies the first bytes of whatever the syscall moved, across up to MAX_IOVS
+ * iovecs, so that a request line or header block split over iovecs is still seen whole.
+ * Needs CAPTURE_BYTES, OFF_MASK, struct io_args and struct scratch_t defined before.
+ */
+#ifndef OBSCONFORM_HTTP_DATA_H
+#define OBSCONFORM_HTTP_DATA_H
+
+/* iovecs looked at per syscall: servers rarely split a header block over more, and every
+ * extra iteration is verifier work in each of the three inlined copies. */
+#define MAX_IOVS 8
+
+#define SHAPE_BUF 0     /* ptr is the data */
+#define SHAPE_IOV 1     /* ptr is a struct iovec array of cnt entries */
+#define SHAPE_MSG 2     /* ptr is a struct msghdr */
+#define SHAPE_NONE 3    /* sendfile: bytes are counted, never seen */
+#define SHAPE_CONNECT 4 /* connect: only the fd matters */
+#define SHAPE_SKIP 5    /* MSG_PEEK: the same bytes come again with the real read */
+
+/* The verifier needs a copy's offset provably within 0..4095 and its length within
+ * 0..8191; clang drops a mask it can prove redundant, so the empty asm hides what it
+ * knows first. */
+#define LEN_MASK(n) ({ u32 _n = (n); asm volatile("" : "+r"(_n)); _n & 8191; })
+#define OFF_BOUND(o) ({ u32 _o = (o); asm volatile("" : "+r"(_o)); _o & OFF_MASK; })
+
+/* user ABI (struct iovec), not a kernel struct */
+struct user_iovec {
+    u64 base;
+    u64 len;
+};
+
+/* The verifier follows every path through the iovec loop with its own exact byte count;
+ * passing the count through memory makes it one unknown (0..8191 after LEN_MASK), so
+ * the states after gather() merge instead of multiplying through the header scan. */
+static __always_inline u32 launder(struct scratch_t *s, u32 n)
+{
+    *(volatile u32 *)&s->count = n;
+    return LEN_MASK(*(volatile u32 *)&s->count);
+}
+
+static __always_inline u32 gather_bytes(struct scratch_t *s, struct io_args *a, long ret, u32 off, u32 want)
+{
+    if (ret <= 0 || want == 0)
+        return 0;
+    if (a->shape == SHAPE_BUF) {
+        u32 n = (u64)ret < want ? (u32)ret : want;
+        if (n > CAPTURE_BYTES)
+            n = CAPTURE_BYTES;
+        if (bpf_probe_read_user(s->data + OFF_BOUND(off), LEN_MASK(n), (void *)a->ptr))
+            return 0;
+        return n;
+    }
+    u64 iov_addr = a->ptr, cnt = a->cnt;
+    if (a->shape == SHAPE_MSG) {
+        /* struct msghdr: msg_name (8), msg_namelen (4 + 4 padding), msg_iov at 16,
+         * msg_iovlen at 24 */
+        u64 msg[2] = {};
+        if (bpf_probe_read_user(msg, sizeof(msg), (void *)(a->ptr + 16)))
+            return 0;
+        iov_addr = msg[0];
+        cnt = msg[1];
+    } else if (a->shape != SHAPE_IOV) {
+        return 0;
+    }
+    u64 left = ret;
+    u32 got = 0;
+#pragma unroll
+    for (u32 i = 0; i < MAX_IOVS; i++) {
+        if (i >= cnt || left == 0 || got >= want)
+            break;
+        struct user_iovec iov = {};
+        if (bpf_probe_read_user(&iov, sizeof(iov), (void *)(iov_addr + i * sizeof(iov))))
+            break;
+        u64 moved = iov.len < left ? iov.len : left;
+        left -= moved;
+        u32 n = moved < want - got ? (u32)moved : want - got;
+        if (n > CAPTURE_BYTES)
+            n = CAPTURE_BYTES;
+        if (n && bpf_probe_read_user(s->data + OFF_BOUND(off + got), LEN_MASK(n), (void *)iov.base))
+            break;
+        got = launder(s, got + n);
+    }
+    return got;
+}
+
+/* Copies the first min(ret, want) bytes the syscall moved to s->data + off; returns how
+ * many were copied (at most want). off + want never exceeds CAPTURE_BYTES. */
+static __always_inline u32 gather(struct scratch_t *s, struct io_args *a, long ret, u32 off, u32 want)
+{
+    u32 n = launder(s, gather_bytes(s, a, ret, off, want));
+    return n < want ? n : want;
+}
+
+/* The first (up to) 8 bytes the syscall moved, as a little-endian u64; *n says how many. */
+static __always_inline u64 read_head(struct scratch_t *s, struct io_args *a, long ret, u32 *n)
+{
+    u32 got = gather(s, a, ret, 0, 8);
+    *n = got;
+    return *(u64 *)s->data & LOW(got);
+}
+
+#endif /* OBSCONFORM_HTTP_DATA_H */
