@@ -18,7 +18,7 @@ from agent.errors import InputError, ObsconformError, ProbeError
 from agent.evidence import EvidenceWriter, RunMeta, load_evidence
 from agent.hostinfo import host_info
 from agent.scenario import DEFAULT_PROFILE, PROFILES
-from agent.sut import LaunchedSut, check_pid, host_port, otel_environment, tcp_open
+from agent.sut import LaunchedSut, host_port, otel_environment, tcp_open
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +32,8 @@ class RunConfig:
     url: str
     exec_cmd: str | None = None
     pid: int | None = None
+    port: int | None = None  # --port: the process tree listening on this TCP port
+    cgroup: str | None = None  # --cgroup: a cgroup v2 directory, filtered in the kernel
     metrics_url: str | None = None
     paths: list[str] | None = None  # default scenario's load paths ("/" when none is given)
     requests: int = 200
@@ -39,6 +41,8 @@ class RunConfig:
     out_dir: Path = Path("reports")
     junit: Path | None = None
     capture_bytes: int = 1024
+    ringbuf_pages: int = 1024  # ring-buffer size in pages (power of two)
+    max_connections: int = 65536  # connections the kernel map tracks at once
     no_ebpf: bool = False
     checks: list[str] | None = None
     settle_quiet_s: float = DEFAULT_SETTLE_QUIET_S
@@ -49,8 +53,8 @@ class RunConfig:
     profile: str = DEFAULT_PROFILE
 
     def validate(self) -> None:
-        if sum(x is not None for x in (self.exec_cmd, self.pid)) != 1:
-            raise InputError("give exactly one target: --exec CMD or --pid PID")
+        if sum(x is not None for x in (self.exec_cmd, self.pid, self.port, self.cgroup)) != 1:
+            raise InputError("give exactly one target: --exec CMD, --pid PID, --port PORT or --cgroup PATH")
         host_port(self.url)
         if self.metrics_url:
             host_port(self.metrics_url)
@@ -60,6 +64,10 @@ class RunConfig:
             raise InputError("--concurrency must be between 1 and 1024")
         if not 256 <= self.capture_bytes <= 4096:
             raise InputError("--capture-bytes must be between 256 and 4096")
+        if not 1 <= self.ringbuf_pages <= 1 << 18 or self.ringbuf_pages & (self.ringbuf_pages - 1):
+            raise InputError("--ringbuf-pages must be a power of two between 1 and 262144")
+        if not 64 <= self.max_connections <= 1 << 22:
+            raise InputError("--max-connections must be between 64 and 4194304")
         if self.profile not in PROFILES:
             raise InputError(f"--profile {self.profile!r} is not supported; supported: {', '.join(PROFILES)}")
         given = [n for n, v in (("--scenario", self.scenario_file), ("an inline scenario", self.scenario),
@@ -147,7 +155,8 @@ def _start_probes(cfg: RunConfig, meta: RunMeta, writer: EvidenceWriter, stack: 
 
     progress("compiling and attaching eBPF probes")
     t0 = time.monotonic()
-    collector = KernelCollector(writer, capture_bytes=cfg.capture_bytes)
+    collector = KernelCollector(writer, capture_bytes=cfg.capture_bytes, ringbuf_pages=cfg.ringbuf_pages,
+                                map_entries=cfg.max_connections, cgroup=cfg.cgroup)
     stack.callback(collector.stop)  # registered before start: detached on every path
     try:
         collector.start()
@@ -175,7 +184,10 @@ def _collect(cfg: RunConfig, meta: RunMeta, writer: EvidenceWriter, stack: conte
     from agent.phases import plan as plan_phases
     from agent.scrape import Scraper
 
+    from agent.targets import resolve as resolve_target
+
     host, port = host_port(cfg.url)
+    target = None if cfg.exec_cmd else resolve_target(cfg.pid, cfg.port, cfg.cgroup)  # fails fast
     receiver = OtlpReceiver(writer)
     receiver.start()
     stack.callback(receiver.stop)
@@ -202,10 +214,10 @@ def _collect(cfg: RunConfig, meta: RunMeta, writer: EvidenceWriter, stack: conte
         progress(f"started the SUT (pid {sut.pid}); waiting for {host}:{port}")
         meta.extra["sut_ready_s"] = round(sut.wait_ready(host, port), 3)
     else:
-        check_pid(cfg.pid)
-        meta.target["pid"] = cfg.pid
+        meta.target.update(target.describe)
         if collector:
-            collector.add_target(cfg.pid)
+            for root in target.roots:  # a cgroup target is selected in the kernel alone
+                collector.add_target(root)
         if not tcp_open(host, port):
             raise ObsconformError(f"nothing answers on {host}:{port}; check --url and that the SUT is running")
 
