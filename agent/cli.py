@@ -97,6 +97,12 @@ def _common_run_options(f):
 @cli.command()
 @click.option("--exec", "exec_cmd", help="Launch the SUT with this command and target its process tree.")
 @click.option("--pid", type=int, help="Target this running process and its descendants.")
+@click.option("--port", "target_port", type=int, help="Target the process tree listening on this TCP port.")
+@click.option("--cgroup", help="Target every process of this cgroup v2 directory (filtered in the kernel).")
+@click.option("--ringbuf-pages", default=1024, envvar="OBSCONFORM_RINGBUF_PAGES",
+              help="Kernel ring-buffer size in pages (a power of two; 1024 = 4 MiB).")
+@click.option("--max-connections", default=65536, envvar="OBSCONFORM_MAX_CONNECTIONS",
+              help="Connections the kernel tracks at once (64..4194304).")
 @click.option("--url", required=True, help="Base URL of the SUT, e.g. http://127.0.0.1:8080.")
 @click.option("--metrics-url", help="The SUT's Prometheus /metrics URL.")
 @click.option("--path", "paths", multiple=True,
@@ -113,17 +119,23 @@ def _common_run_options(f):
 @click.option("--token-file", type=click.Path(path_type=Path), envvar="OBSCONFORM_TOKEN_FILE",
               help="File holding the remote agent's bearer token (with --agent).")
 @_common_run_options
-def run(exec_cmd, pid, url, metrics_url, paths, scenario_file, catalog, profile, no_ebpf, html, agent_url,
-        token_file, requests, concurrency, out_dir, junit, capture_bytes, checks) -> None:
+def run(exec_cmd, pid, target_port, cgroup, ringbuf_pages, max_connections, url, metrics_url, paths,
+        scenario_file, catalog, profile, no_ebpf, html, agent_url, token_file, requests, concurrency, out_dir,
+        junit, capture_bytes, checks) -> None:
     """Run the conformance checks against a service; exit 0 compliant, 2 non-compliant, 3 inconclusive."""
     from agent.runner import RunConfig, run as do_run
 
-    cfg = RunConfig(url=url, exec_cmd=exec_cmd, pid=pid, metrics_url=metrics_url, paths=list(paths) or None,
+    cfg = RunConfig(url=url, exec_cmd=exec_cmd, pid=pid, port=target_port, cgroup=cgroup,
+                    ringbuf_pages=ringbuf_pages, max_connections=max_connections,
+                    metrics_url=metrics_url, paths=list(paths) or None,
                     requests=requests, concurrency=concurrency, out_dir=out_dir, junit=junit,
                     capture_bytes=capture_bytes, no_ebpf=no_ebpf, checks=list(checks) or None,
                     scenario_file=scenario_file, catalog=catalog, profile=profile)
     if agent_url:
         from agent.remote import run_from_cli
+
+        if target_port is not None or cgroup is not None:
+            raise ObsconformError("--port and --cgroup are not supported with --agent yet; give --pid or --exec")
 
         from agent.scenario import PROFILES
 
