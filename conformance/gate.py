@@ -19,6 +19,13 @@ def agent_loss(meta: RunMeta) -> tuple[dict[str, int], list[str]]:
             missing.append(name)
         else:
             counters[name] = int(value)
+    # "loss" sums every loss the agent counts (also decode errors, unscanned captures): what
+    # the named counters do not explain is reported as other_loss.
+    total = stats.get("loss")
+    if isinstance(total, (int, float)) and not isinstance(total, bool):
+        other = int(total) - sum(counters.values())
+        if other > 0:
+            counters["other_loss"] = other
     return counters, missing
 
 

@@ -165,9 +165,72 @@ def _measurements(evidence: Evidence, by_id: dict[str, dict[str, Any]]) -> dict[
             "agent_requests": agent if ebpf else None,
             "agent_drops": stat("ring_drops", "map_full"),
             "truncated_captures": stat("truncated_captures"),
+            **_kernel_detail(stats if ebpf else {}, stat),
         },
+        "clock": _clock(meta.clock) if ebpf else None,
         "loss": {"spans": spans, "metrics": metrics},
         "latency_drift_us": drift,
+    }
+
+
+_BLIND_COUNTS = ("tls", "http2", "other_protocol", "upgraded", "in_flight_at_attach", "orphan_responses",
+                 "sendfile_calls")
+_BLIND_SAMPLE_KINDS = ("tls", "http2", "other_protocol")
+
+
+def _kernel_detail(stats: dict[str, Any], stat) -> dict[str, Any]:
+    """Self-loss detail, blind spots and sizes from kernel_stats; None where not reported
+    (degraded mode, or evidence written before the collector reported them)."""
+    def count(value: Any) -> int:
+        return max(0, int(value)) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0
+
+    per_cpu = stats.get("ring_drops_per_cpu")
+    map_full = None
+    if "map_full_connections" in stats:
+        map_full = {"connections": count(stats.get("map_full_connections")),
+                    "syscalls": count(stats.get("map_full_syscalls")),
+                    "targets": count(stats.get("map_full_targets"))}
+    raw = stats.get("blind_spots")
+    blind = None
+    if isinstance(raw, dict):  # older evidence held a plain list of descriptions here
+        blind = {k: count(raw.get(k)) for k in _BLIND_COUNTS}
+        blind["samples"] = [
+            {"tgid": count(x.get("tgid")), "fd": int(x.get("fd") or 0), "role": x.get("role"),
+             "kind": x.get("kind"), "first_bytes": str(x.get("first_bytes") or "")}
+            for x in raw.get("samples") or []
+            if isinstance(x, dict) and x.get("role") in ("server", "client") and x.get("kind") in _BLIND_SAMPLE_KINDS]
+    sizes = stats.get("sizes")
+    return {
+        "loss": stat("loss"),
+        "ring_drops_per_cpu": [count(v) for v in per_cpu] if isinstance(per_cpu, list) else None,
+        "map_full": map_full,
+        "blind_spots": blind,
+        "sizes": {str(k): count(v) for k, v in sizes.items()} if isinstance(sizes, dict) else None,
+    }
+
+
+def _clock(raw: dict[str, Any]) -> dict[str, Any] | None:
+    """The clock conversion as measured at start and end; None when it was not measured."""
+    def sample(x: Any) -> dict[str, int] | None:
+        if not isinstance(x, dict) or not all(isinstance(x.get(k), int) for k in ("offset_ns", "uncertainty_ns")):
+            return None
+        return {"offset_ns": x["offset_ns"], "uncertainty_ns": max(0, x["uncertainty_ns"]),
+                "mono_ns": max(0, int(x.get("mono_ns") or 0))}
+
+    start = sample(raw.get("start"))
+    if start is None:
+        return None
+    steps = raw.get("steps")
+    drift = raw.get("drift_ns")
+    return {
+        "start": start,
+        "end": sample(raw.get("end")),
+        "uncertainty_ns": max(0, int(raw.get("uncertainty_ns") or 0)),
+        "drift_ns": drift if isinstance(drift, int) else None,
+        "samples": max(0, int(raw.get("samples") or 0)),
+        "stepped": bool(raw.get("stepped")),
+        "steps": len(steps) if isinstance(steps, list) else 0,
+        "warning": str(raw.get("warning") or ""),
     }
 
 

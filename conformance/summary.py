@@ -22,6 +22,24 @@ def _num(value: Any, unit: str = "") -> str:
     return f"{value:.0f}{unit}" if isinstance(value, float) else f"{value}{unit}"
 
 
+def _kernel_notes(m: dict[str, Any]) -> list[str]:
+    """A warning when the wall clock stepped; a note when the probes met blind spots."""
+    out = []
+    clock = m.get("clock") or {}
+    if clock.get("stepped"):
+        out.append(f"WARNING: {clock.get('warning') or 'the wall clock was stepped during the run'}")
+    blind = m["kernel"].get("blind_spots") or {}
+    parts = [f"{blind[k]} {label}" for k, label in (
+        ("tls", "TLS"), ("http2", "HTTP/2"), ("other_protocol", "other-protocol"),
+        ("upgraded", "upgraded")) if blind.get(k)]
+    if parts:
+        out.append(f"note: blind spots, not parsed: {', '.join(parts)} connections")
+    if blind.get("in_flight_at_attach"):
+        out.append(f"note: {blind['in_flight_at_attach']} syscalls were in flight when their process "
+                   "became a target (unseen)")
+    return out
+
+
 def render_summary(report: dict[str, Any], report_path: Path | str | None = None) -> str:
     """Terminal text for ``report``; ends with the report path when given."""
     summary = report["summary"]
@@ -41,6 +59,7 @@ def render_summary(report: dict[str, Any], report_path: Path | str | None = None
     lines.append(f"kernel: {_num(k['requests'])} requests, {_num(k['outbound_requests'])} "
                  f"outbound, {_num(k['agent_drops'])} agent drops, "
                  f"{_num(k['truncated_captures'])} truncated")
+    lines += _kernel_notes(m)
     spans = m["loss"]["spans"]
     if spans:
         lines.append(f"span loss: {spans['missing']} of {spans['kernel_requests']} requests "

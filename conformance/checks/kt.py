@@ -125,6 +125,7 @@ _ADVICE = {
     "ring_drops": "enlarge the ring buffer or lower the load's concurrency",
     "truncated_captures": "raise capture_bytes",
     "map_full": "raise the connection map size or lower the concurrency",
+    "other_loss": "see kernel_stats in the run's meta.json (records that did not decode or scan)",
 }
 
 
