@@ -77,7 +77,8 @@ def is_agent_request(req: KernelRequest) -> bool:
 
 def join(evidence: Evidence) -> Joined:
     """Join one run's evidence; see the module docstring for the rules."""
-    slop = BASE_SLOP_NS + int(evidence.meta.clock.get("uncertainty_ns") or 0)
+    uncertainty = int(evidence.meta.clock.get("uncertainty_ns") or 0)
+    slop = BASE_SLOP_NS + uncertainty
     under_test: list[JoinedRequest] = []
     agent: list[JoinedRequest] = []
     client_reqs: list[KernelRequest] = []
@@ -92,8 +93,13 @@ def join(evidence: Evidence) -> Joined:
 
     server_spans = [s for s in evidence.spans if s.kind == "SERVER"]
     pool = _join_by_traceparent(under_test + agent, server_spans)
-    heuristic = _join_by_overlap([r for r in under_test if not r.spans and r.answered], pool, slop)
-    _join_by_overlap([r for r in agent if not r.spans and r.answered], pool, slop)
+    # Exact kernel windows first, the slop after: otherwise a request without a span (not
+    # sampled, lost) takes the span of the request that arrived just after its response.
+    heuristic = 0
+    for group in (under_test, agent):
+        for window in (uncertainty, slop):
+            n = _join_by_overlap([r for r in group if not r.spans and r.answered], pool, window)
+            heuristic += n if group is under_test else 0
     unjoined = [s for s in server_spans if id(s) in pool]
 
     unmatched_driver = _join_driver(under_test, evidence.driver, slop)

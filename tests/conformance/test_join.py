@@ -6,8 +6,10 @@ import time
 
 from agent.evidence import Span
 from agent.tracecontext import new_span_id
+from conformance import evaluate
 from conformance.join import JOIN_HEURISTIC, JOIN_TRACEPARENT, join
-from tests.conformance.builders import MS, Req
+from conformance.model import Status
+from tests.conformance.builders import MS, Req, result
 
 
 def test_requests_join_their_span_and_driver_record_by_traceparent(run):
@@ -125,3 +127,19 @@ def test_join_is_linear_enough_for_large_runs(run):
     assert sum(1 for r in j.requests if r.spans) == 10_000
     assert j.heuristic_joins == 1_000
     assert elapsed < 5.0, f"join of 10k requests took {elapsed:.1f}s"
+
+
+def test_a_request_without_span_does_not_take_the_next_requests_span(run):
+    """A not-sampled request (no span, rightly) answered 200 us before the next one arrived:
+    the next request's span starts inside the first one's slop, yet stays the next one's."""
+    b = run()
+    first = b.request(Req(path="/items/1", spans=0))
+    first.headers["traceparent"] = [first.headers["traceparent"][0][:-2] + "00"]
+    b.t -= 2 * MS - 200 * 1000  # the next request arrives 200 us after the last write
+    second = b.request(Req(path="/items/1", traceparent=False))
+    ev = b.build()
+    by_id = {r.kernel.id: r for r in join(ev).requests}
+    assert by_id[first.id].spans == []
+    assert len(by_id[second.id].spans) == 1 and by_id[second.id].span_join == JOIN_HEURISTIC
+    kt1 = result(evaluate(ev, select=["KT-001"]), "KT-001")
+    assert kt1.status == Status.PASS and kt1.observed["unsampled_without_span_excluded"] == 1

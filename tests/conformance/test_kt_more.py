@@ -121,4 +121,21 @@ def test_kt006_slack_is_the_skew_budget_plus_clock_uncertainty(run, gap_ns, stat
     assert r.status == status, r.message
     assert r.expected["slack_us"] == 5000 + 20  # skew_ms 5 + the run's 20 us uncertainty
     if status == Status.FAIL:
-        assert "started 10000 us before the kernel saw the request" in r.message
+        assert "10 of 10 spans (100%) start more than 5020 us before the kernel saw their " \
+               "request" in r.message and "by 10000 us" in r.message
+
+
+@pytest.mark.parametrize("shifted, status, fragment", [
+    pytest.param(2, Status.PASS, "2 ended late (scheduling, reported only)",
+                 id="two-late-ends-reported"),
+    pytest.param(10, Status.FAIL, "the SUT's clock runs ahead", id="every-span-20ms-late"),
+])
+def test_kt006_judges_late_ends_by_their_median(run, shifted, status, fragment):
+    ev = load(run(exporter=SemconvExporter()), [Req(path=f"/items/{i}") for i in range(10)])
+    for span in ev.spans[:shifted]:
+        span.start_ns += 20 * MS
+        span.end_ns += 20 * MS
+    r = one(ev, "KT-006")
+    assert r.status == status, r.message
+    assert fragment in r.message
+    assert len(r.evidence["late_ends (reported only)"]) == shifted
