@@ -111,11 +111,12 @@ class TargetServer:
 
 @pytest.fixture
 def start_server() -> Iterator[Callable[..., TargetServer]]:
-    """Start target_server.py in its own process group; everything is killed afterwards."""
+    """Start target_server.py (or ``script=``) in its own process group; everything is
+    killed afterwards."""
     procs: list[subprocess.Popen] = []
 
-    def start(*args: str) -> TargetServer:
-        proc = subprocess.Popen([sys.executable, "-W", "ignore", str(SERVER_SCRIPT), *args],
+    def start(*args: str, script: Path = SERVER_SCRIPT) -> TargetServer:
+        proc = subprocess.Popen([sys.executable, "-W", "ignore", str(script), *args],
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                                 start_new_session=True)
         procs.append(proc)

@@ -1,8 +1,10 @@
 """A threaded HTTP/1.1 server run as a child process: the process the kernel tests trace.
 
-Prints "port <n>" once it listens. Routes: / (200 "ok"), /sleep?ms=N, /status/NNN,
-/abort (closes without a response), /proxy?port=P (calls 127.0.0.1:P/downstream,
-forwarding traceparent and x-biz-code, and answers with its status), POST echoes.
+Prints "port <n>" once it listens (--port chooses it). Routes: / (200 "ok"), /sleep?ms=N,
+/status/NNN, /abort (closes without a response), /proxy?port=P (calls 127.0.0.1:P/downstream,
+forwarding traceparent and x-biz-code, and answers with its status), /tls?port=P (opens a
+TLS connection to 127.0.0.1:P; answers 200 whatever came of it), /burst?n=N (N HTTP
+exchanges over an in-process socketpair, as fast as they go), POST echoes.
 With --fork-on-stdin, each "fork" line on stdin forks a child that serves on a new port
 and prints "child <pid> <port>" (the test ends it with a signal).
 """
@@ -13,6 +15,8 @@ import argparse
 import http.client
 import http.server
 import os
+import socket
+import ssl
 import sys
 import threading
 import time
@@ -44,6 +48,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.close_connection = True  # nothing written: the kernel sees a close
         elif url.path == "/proxy":
             self.proxy(int(query["port"]))
+        elif url.path == "/tls":
+            self.tls(int(query["port"]))
+        elif url.path == "/burst":
+            burst(int(query.get("n", "200")))
+            self.reply(200)
         else:
             self.reply(200)
 
@@ -63,8 +72,34 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.reply(resp.status)
 
 
-def serve() -> http.server.ThreadingHTTPServer:
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    def tls(self, port: int) -> None:
+        ctx = ssl.create_default_context()
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+                with ctx.wrap_socket(raw, server_hostname="localhost"):
+                    pass
+        except (OSError, ssl.SSLError):
+            pass  # the peer is no TLS server: only the ClientHello matters
+        self.reply(200)
+
+
+BURST_REQ = b"GET /in-burst HTTP/1.1\r\nHost: x\r\n\r\n"
+BURST_RESP = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+
+
+def burst(n: int) -> None:
+    """Many kernel records in a few milliseconds: more than any consumer drains meanwhile."""
+    a, b = socket.socketpair()
+    with a, b:
+        for _ in range(n):
+            a.send(BURST_REQ)
+            b.recv(4096)
+            b.send(BURST_RESP)
+            a.recv(4096)
+
+
+def serve(port: int = 0) -> http.server.ThreadingHTTPServer:
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
     srv.daemon_threads = True
     return srv
 
@@ -72,8 +107,9 @@ def serve() -> http.server.ThreadingHTTPServer:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--fork-on-stdin", action="store_true")
+    ap.add_argument("--port", type=int, default=0)
     args = ap.parse_args()
-    srv = serve()
+    srv = serve(args.port)
     print(f"port {srv.server_address[1]}", flush=True)
     if not args.fork_on_stdin:
         srv.serve_forever()

@@ -260,8 +260,20 @@ def test_a_child_forked_after_attach_is_followed_until_it_exits(collector, start
     collector.remove_target(parent.pid)
 
 
-@pytest.mark.parametrize("family", ["rw", "vec", "msg", "sock", "sendfile"],
-                         ids=["read-write", "readv-writev", "recvmsg-sendmsg", "recv-send", "sendfile"])
+FAMILIES = [
+    pytest.param("rw", id="read-write"),
+    pytest.param("vec", id="readv-writev"),
+    pytest.param("msg", id="recvmsg-sendmsg"),
+    pytest.param("sock", id="recv-send"),
+    pytest.param("sendfile", id="sendfile"),
+    pytest.param("iovs", id="request-and-status-line-across-iovecs"),
+    pytest.param("msgiovs", id="headers-across-msghdr-iovecs"),
+    pytest.param("split", id="request-line-split-over-two-reads"),
+    pytest.param("pieces", id="line-headers-body-in-separate-writes"),
+]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
 def test_every_syscall_family_yields_both_sides_with_exact_byte_counts(collector, family):
     tp = str(new_traceparent())
     proc = subprocess.Popen([sys.executable, str(IO_SCRIPT), family, tp], stdin=subprocess.PIPE,
@@ -276,5 +288,12 @@ def test_every_syscall_family_yields_both_sides_with_exact_byte_counts(collector
     for k in (server, client):
         assert (k.method, k.target, k.status, k.header("traceparent")) == ("POST", f"/io/{family}", 200, tp)
         assert (k.req_bytes, k.resp_bytes, k.headers_complete) == (req_len, resp_len, True), k
+        assert k.headers["content-length"] == ["4"] and not k.aborted
+        assert k.t_req_first <= k.t_resp_first <= k.t_resp_last
+    # the client wrote before the server read; the server answered before the client read
+    assert client.t_req_first <= server.t_req_first and server.t_resp_first <= client.t_resp_first
     assert counter_delta(collector, before, "classified_by_content") == 0, "seen at accept/connect"
     assert counter_delta(collector, before, "sendfile_calls") == (1 if family == "sendfile" else 0)
+    # split: both the client's write and the server's read of "PO" carried into the next
+    assert counter_delta(collector, before, "split_request_lines") == (2 if family == "split" else 0)
+    assert counter_delta(collector, before, "loss") == 0
