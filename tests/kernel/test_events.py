@@ -71,3 +71,32 @@ def test_decode_reads_header_and_exactly_cap_len_bytes():
     ev = events.decode(bytes(head) + b"abcdEXTRA")
     assert (ev.ts_ns, ev.tgid, ev.tid, ev.fd, ev.cap_off, ev.kind, ev.role, ev.flags, ev.syscall,
             ev.ret, ev.wr_bytes, ev.data) == (7, 11, 12, -1, 3, 2, 2, 1, 7, 99, 5, b"abcd")
+
+
+def test_io_args_shapes_used_for_priming_match_the_program():
+    from agent.kernel import inflight
+
+    text = (BPF_DIR / "http_data.h").read_text()
+    shapes = {m[1]: int(m[2]) for m in re.finditer(r"^#define\s+SHAPE_(\w+)\s+(\d+)", text, re.M)}
+    assert shapes == {name: getattr(inflight, f"SHAPE_{name}")
+                      for name in ("BUF", "IOV", "MSG", "NONE", "CONNECT", "SKIP")}
+
+
+@pytest.mark.parametrize("name,args,expected", [
+    ("recvfrom", (5, 0x1000, 8192, 0, 0, 0), {"fd": 5, "ptr": 0x1000, "shape": 0, "dir": 0, "cnt": 0}),
+    ("recvfrom", (5, 0x1000, 8192, 2, 0, 0), {"shape": 5}),  # MSG_PEEK: its exit is ignored
+    ("readv", (7, 0x2000, 3, 0, 0, 0), {"fd": 7, "ptr": 0x2000, "shape": 1, "cnt": 3}),
+    ("sendmsg", (9, 0x3000, 0, 0, 0, 0), {"shape": 2, "dir": 1}),
+    ("sendfile64", (4, 3, 0, 100, 0, 0), {"fd": 4, "ptr": 0, "shape": 3}),
+], ids=["recvfrom", "recvfrom-peek", "readv", "sendmsg", "sendfile"])
+def test_a_blocked_syscall_becomes_the_io_args_its_enter_would_have_saved(name, args, expected):
+    import platform
+
+    from agent.kernel import inflight
+
+    numbers = inflight.SYSCALL_NUMBERS.get(platform.machine())
+    if numbers is None:
+        pytest.skip(f"no syscall table for {platform.machine()}")
+    fields = inflight.io_args_fields(inflight.InFlight(1, 2, numbers[name], args))
+    assert fields["nr"] == numbers[name] and fields["primed"] == 1
+    assert {k: fields[k] for k in expected} == expected
