@@ -122,7 +122,7 @@ def resolve_cgroup(path: str) -> Target:
     """--cgroup: every process of this cgroup v2 directory (and its sub-cgroups), filtered in
     the kernel by cgroup id, including processes that join it later."""
     from agent.errors import ProbeError
-    from agent.kernel.probes import cgroup_id_level, cgroup_pids
+    from agent.kernel.cgroups import cgroup_id_level, cgroup_pids
 
     try:
         cg_id, level = cgroup_id_level(path)

@@ -14,6 +14,7 @@ from collections import Counter
 from agent.evidence import EvidenceWriter, KernelRequest
 from agent.kernel import stats as kstats
 from agent.kernel.assembler import Assembler
+from agent.kernel.cgroups import cgroup_pids
 from agent.kernel.clock import ClockMap, measure
 from agent.kernel.events import CTR_RINGBUF_DROPS, RecordError, decode
 from agent.kernel.inflight import Primer
@@ -286,6 +287,22 @@ class KernelCollector:
             out["missing_tracepoints"] = list(self._probes.missing)
         return out
 
+    def cpu_seconds(self) -> float | None:
+        """CPU time (user + system) the polling thread has used, while it runs."""
+        thread = self._thread
+        if thread is None or not thread.is_alive() or thread.ident is None:
+            return None
+        try:
+            return time.clock_gettime(time.pthread_getcpuclockid(thread.ident))
+        except OSError:
+            return None
+
+    def program_run_stats(self) -> dict[str, dict[str, int]]:
+        """Runs and run time of each BPF program (needs BPF run-time statistics enabled)."""
+        if self._probes is None:
+            return {}
+        return self._probes.run_stats()
+
     def clock_info(self) -> dict:
         return self._clock.info() if self._clock else {}
 
@@ -308,19 +325,6 @@ class KernelCollector:
 
 def _sigterm_to_exit(signum: int, _frame: object) -> None:
     raise SystemExit(128 + signum)
-
-
-def cgroup_pids(path: str) -> list[int]:
-    """Processes in cgroup v2 directory ``path`` and its sub-cgroups."""
-    out = []
-    for root, _dirs, files in os.walk(path):
-        if "cgroup.procs" in files:
-            try:
-                with open(os.path.join(root, "cgroup.procs")) as f:
-                    out += [int(x) for x in f.read().split()]
-            except (OSError, ValueError):
-                continue
-    return out
 
 
 def _descendants(pid: int) -> list[int]:

@@ -22,6 +22,7 @@ from typing import Callable
 
 from agent.errors import ProbeError
 from agent.kernel.assembler import ConnSnapshot
+from agent.kernel.cgroups import cgroup_id_level
 from agent.kernel.events import COUNTER_NAMES, CTR_NUM
 
 log = logging.getLogger(__name__)
@@ -121,29 +122,6 @@ class ProbeConfig:
             flags += [f"-DTARGET_CGROUP_ID={cg_id:d}ULL", f"-DTARGET_CGROUP_LEVEL={level:d}"]
         flags += [f"-D{name}=1" for name in self.absent]
         return flags
-
-
-def _cgroup2_mounts() -> list[Path]:
-    try:
-        with open("/proc/self/mounts") as f:
-            return [Path(line.split()[1]) for line in f if line.split()[2:3] == ["cgroup2"]]
-    except OSError:
-        return []
-
-
-def cgroup_id_level(path: str) -> tuple[int, int]:
-    """cgroup v2 id (the directory's inode) and its depth below the cgroup2 mount."""
-    p = Path(path).resolve()
-    for root in _cgroup2_mounts():
-        try:
-            rel = p.relative_to(root)
-        except ValueError:
-            continue
-        if not (p / "cgroup.procs").is_file():
-            break
-        return p.stat().st_ino, len(rel.parts)
-    raise ProbeError(f"{path} is not a cgroup v2 directory; pass a directory under a cgroup2 "
-                     "mount (e.g. /sys/fs/cgroup/system.slice/my.service)")
 
 
 def bpf_source(config: ProbeConfig | None = None) -> str:
@@ -327,6 +305,19 @@ class Probes:
             fd = ctypes.c_int32(k.value & 0xFFFFFFFF).value
             out[(k.value >> 32, fd)] = ConnSnapshot(v.last_read_ns, v.last_write_ns, v.rd_bytes, v.wr_bytes,
                                                     v.conn_ns)
+        return out
+
+    def run_stats(self) -> dict[str, dict[str, int]]:
+        """Per program: runs and total run time in ns (counted only while BPF run-time
+        statistics are enabled: sysctl kernel.bpf_stats_enabled or BPF_ENABLE_STATS)."""
+        out = {}
+        for name, fn in (self.bpf.funcs.items() if self.bpf else ()):
+            try:
+                with open(f"/proc/self/fdinfo/{fn.fd}") as f:
+                    info = dict(line.split(":", 1) for line in f.read().splitlines() if ":" in line)
+            except OSError:
+                continue
+            out[name.decode()] = {"runs": int(info.get("run_cnt", 0)), "run_time_ns": int(info.get("run_time_ns", 0))}
         return out
 
     def program_ids(self) -> set[int]:

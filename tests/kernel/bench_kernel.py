@@ -60,48 +60,50 @@ def enable_run_time_stats() -> int:
 
 
 def prog_run_stats(kc: KernelCollector) -> dict[str, dict[str, int]]:
-    out = {}
-    for name, fn in kc._probes.bpf.funcs.items():
-        info = dict(line.split(":", 1) for line in open(f"/proc/self/fdinfo/{fn.fd}").read().splitlines())
-        cnt, ns = int(info.get("run_cnt", 0)), int(info.get("run_time_ns", 0))
-        out[name.decode()] = {"runs": cnt, "ns_per_run": round(ns / cnt) if cnt else 0}
-    return out
+    return {name: {"runs": v["runs"], "ns_per_run": round(v["run_time_ns"] / v["runs"]) if v["runs"] else 0}
+            for name, v in kc.program_run_stats().items()}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--iterations", type=int, default=100_000)
-    n = ap.parse_args().iterations
+def measure(n: int = 100_000) -> dict:
+    """The figures of one bench run with ``n`` exchanges (see the module docstring)."""
     base = min(run_loop(n, None, False) for _ in range(3))
     t0 = time.monotonic()
     kc = KernelCollector(ringbuf_pages=4096)
     kc.start()
     start_s = time.monotonic() - t0
-    untraced = min(run_loop(n, kc, False) for _ in range(3))
-    stats_fd = enable_run_time_stats()
-    t0 = time.monotonic()
     try:
-        traced = run_loop(n, kc, True)
-        kc.drain(timeout_s=30)
-        drained_s = time.monotonic() - t0
+        untraced = min(run_loop(n, kc, False) for _ in range(3))
+        stats_fd = enable_run_time_stats()
+        t0 = time.monotonic()
+        try:
+            traced = run_loop(n, kc, True)
+            kc.drain(timeout_s=30)
+            drained_s = time.monotonic() - t0
+        finally:
+            os.close(stats_fd)
+        stats = kc.stats()
+        progs = prog_run_stats(kc)
     finally:
-        os.close(stats_fd)
-    stats = kc.stats()
-    progs = prog_run_stats(kc)
-    t0 = time.monotonic()
-    kc.stop()
-    stop_s = time.monotonic() - t0
+        t0 = time.monotonic()
+        kc.stop()
+        stop_s = time.monotonic() - t0
     syscalls = 4 * n
-    print(json.dumps({
+    return {
         "compile_attach_s": round(start_s, 3), "compile_s": stats["compile_s"], "stop_s": round(stop_s, 3),
-        "exchanges": n, "records": stats["records"], "records_per_exchange": stats["records"] / n,
+        "exchanges": n, "records": stats["records"], "records_per_exchange": round(stats["records"] / n, 3),
         "received": stats["user_received"], "ring_drops": stats["ring_drops"],
         "records_per_s_drained": round(stats["user_received"] / drained_s),
         "ns_per_untraced_syscall_added": round((untraced - base) * 1e9 / syscalls),
         "ns_per_traced_syscall_with_record_added": round((traced - base) * 1e9 / syscalls),
         "programs": progs,
         "loop_s": {"no_probes": round(base, 3), "untraced": round(untraced, 3), "traced": round(traced, 3)},
-    }, indent=2))
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--iterations", type=int, default=100_000)
+    print(json.dumps(measure(ap.parse_args().iterations), indent=2))
 
 
 if __name__ == "__main__":
