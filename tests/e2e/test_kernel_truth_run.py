@@ -53,7 +53,9 @@ def test_dropped_spans_fail_kt001_with_the_exact_missing_count(obsconform):
     assert failing(r) == {"KT-001"}
     kt1 = r.check("KT-001")
     dropped = dropped_by_service(r.run_dir)
-    assert dropped == 40
+    # every:10 over all the server spans the service made, in every phase: at least the
+    # load phase's 40; the exact figure is the service's own count.
+    assert dropped >= 40
     assert kt1["observed"]["missing"] == dropped
     assert kt1["evidence"]["missing_trace_ids"], "a failure must name sample trace IDs"
 
