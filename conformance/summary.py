@@ -3,6 +3,7 @@ line fits in 80 columns."""
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -44,11 +45,14 @@ def render_summary(report: dict[str, Any], report_path: Path | str | None = None
     """Terminal text for ``report``; ends with the report path when given."""
     summary = report["summary"]
     profile = report["profile"]
-    lines = [f"obsconform: {_VERDICT.get(summary['verdict'], summary['verdict'])} "
-             f"({profile['name']} {profile['version']}): {summary['verdict_reason']}"]
     run = report["run"]
-    if not run.get("ebpf", True):
+    lines = []
+    if not run.get("ebpf", True):  # first, so nobody reads a verdict without knowing this
         lines.append(f"DEGRADED MODE, no kernel truth: {run.get('degraded_reason') or 'eBPF off'}")
+    # The verdict and its reason are wrapped, never cut: they are what people act on.
+    lines += textwrap.wrap(f"obsconform: {_VERDICT.get(summary['verdict'], summary['verdict'])} "
+                           f"({profile['name']} {profile['version']}): {summary['verdict_reason']}",
+                           WIDTH, subsequent_indent="  ")
     for c in report["checks"]:
         lines.append(f"  {_STATUS.get(c['status'], c['status']):<6} {c['id']} "
                      f"{c['level']:<6} {' '.join(str(c['message']).split())}")

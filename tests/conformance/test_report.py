@@ -190,11 +190,11 @@ def test_summary_starts_with_the_verdict_and_fits_80_columns(report):
     assert lines[-2].startswith("report: /very/long/")
 
 
-def test_summary_says_degraded_mode_on_the_second_line(run):
+def test_summary_says_degraded_mode_on_the_first_line(run):
     b = run(ebpf=False, kernel_stats={}, degraded_reason="running in a container without CAP_BPF")
     b.request()
     ev = b.build()
     text = render_summary(build_report(ev, evaluate(ev), tool_version="0.1.0"))
     lines = text.splitlines()
-    assert lines[0].startswith("obsconform: INCONCLUSIVE")
-    assert lines[1] == "DEGRADED MODE, no kernel truth: running in a container without CAP_BPF"
+    assert lines[0] == "DEGRADED MODE, no kernel truth: running in a container without CAP_BPF"
+    assert lines[1].startswith("obsconform: INCONCLUSIVE")
