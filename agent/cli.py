@@ -99,8 +99,8 @@ def _common_run_options(f):
 @click.option("--pid", type=int, help="Target this running process and its descendants.")
 @click.option("--port", "target_port", type=int, help="Target the process tree listening on this TCP port.")
 @click.option("--cgroup", help="Target every process of this cgroup v2 directory (filtered in the kernel).")
-@click.option("--ringbuf-pages", default=1024, envvar="OBSCONFORM_RINGBUF_PAGES",
-              help="Kernel ring-buffer size in pages (a power of two; 1024 = 4 MiB).")
+@click.option("--ringbuf-pages", default=4096, envvar="OBSCONFORM_RINGBUF_PAGES",
+              help="Kernel ring-buffer size in pages (a power of two; 4096 = 16 MiB).")
 @click.option("--max-connections", default=65536, envvar="OBSCONFORM_MAX_CONNECTIONS",
               help="Connections the kernel tracks at once (64..4194304).")
 @click.option("--url", required=True, help="Base URL of the SUT, e.g. http://127.0.0.1:8080.")

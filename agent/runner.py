@@ -41,7 +41,7 @@ class RunConfig:
     out_dir: Path = Path("reports")
     junit: Path | None = None
     capture_bytes: int = 1024
-    ringbuf_pages: int = 1024  # ring-buffer size in pages (power of two)
+    ringbuf_pages: int = 4096  # ring-buffer size in pages (power of two; 16 MiB)
     max_connections: int = 65536  # connections the kernel map tracks at once
     no_ebpf: bool = False
     checks: list[str] | None = None
