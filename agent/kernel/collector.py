@@ -9,7 +9,7 @@ import os
 import signal
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 
 from agent.evidence import EvidenceWriter, KernelRequest
 from agent.kernel import stats as kstats
@@ -26,6 +26,11 @@ log = logging.getLogger(__name__)
 
 POLL_MS = 20  # longest a record waits in the ring when no wake-up comes
 CLOCK_EVERY_S = 1.0  # a wall-clock step is pinned to within this
+# Records are copied out of the ring at once and assembled in slices between polls, so a
+# burst faster than assembly waits in memory, not in the ring. Past MAX_BACKLOG records
+# (~250 MB) the loop stops draining: the ring fills and the kernel counts the drops.
+MAX_BACKLOG = 1_000_000
+ASSEMBLE_SLICE_S = 0.005
 LOSS_KEYS = kstats.LOSS_KEYS
 
 
@@ -64,6 +69,8 @@ class KernelCollector:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._user = Counter()  # user-space counters: received, bad_records, callback_errors
+        self._backlog: deque[bytes] = deque()  # records consumed from the ring, not yet assembled
+        self._backlog_peak = 0
         self._final_kernel: dict[str, int] | None = None
         self._final_drops_per_cpu: list[int] | None = None
         self._final: list[KernelRequest] | None = None
@@ -178,18 +185,30 @@ class KernelCollector:
     # --- records ----------------------------------------------------------------------------
 
     def _on_record(self, _ctx: object, data: int, size: int) -> int:
-        # Called by libbpf inside ring_buffer_poll/consume, with self._lock held.
-        try:
-            ev = decode(ctypes.string_at(data, size))
-            self._user["received"] += 1
-            self._assembler.feed(ev)
-        except RecordError as e:
-            self._user["bad_records"] += 1
-            self._warn_once("malformed ring-buffer record: %s", e)
-        except Exception as e:  # never let one record stop the loop
-            self._user["callback_errors"] += 1
-            self._warn_once("failed to assemble a record: %r", e)
+        # Called by libbpf inside ring_buffer_poll/consume, with self._lock held: only a copy.
+        self._backlog.append(ctypes.string_at(data, size))
+        self._user["received"] += 1
         return 0
+
+    def _assemble(self, budget_s: float | None = None) -> None:
+        """Decode and assemble backlog records, all of them or for about ``budget_s``."""
+        backlog, feed = self._backlog, self._assembler.feed
+        self._backlog_peak = max(self._backlog_peak, len(backlog))
+        deadline = None if budget_s is None else time.monotonic() + budget_s
+        n = 0
+        while backlog:
+            raw = backlog.popleft()
+            try:
+                feed(decode(raw))
+            except RecordError as e:
+                self._user["bad_records"] += 1
+                self._warn_once("malformed ring-buffer record: %s", e)
+            except Exception as e:  # never let one record stop the loop
+                self._user["callback_errors"] += 1
+                self._warn_once("failed to assemble a record: %r", e)
+            n += 1
+            if deadline is not None and not n & 63 and time.monotonic() >= deadline:
+                return
 
     def _warn_once(self, msg: str, *args: object) -> None:
         if not self._warned:
@@ -202,9 +221,12 @@ class KernelCollector:
                 with self._lock:
                     if self._probes is None or self._probes.bpf is None:
                         return
-                    # returns on a forced wake-up or after poll_ms; consume takes the rest
-                    self._probes.bpf.ring_buffer_poll(self.poll_ms)
-                    self._probes.bpf.ring_buffer_consume()
+                    if len(self._backlog) < MAX_BACKLOG:
+                        # returns on a forced wake-up or after poll_ms (at once while work
+                        # waits); consume takes the rest
+                        self._probes.bpf.ring_buffer_poll(0 if self._backlog else self.poll_ms)
+                        self._probes.bpf.ring_buffer_consume()
+                    self._assemble(ASSEMBLE_SLICE_S)
                     self._sample_clock()
             except Exception as e:
                 self._user["poll_errors"] += 1
@@ -222,7 +244,8 @@ class KernelCollector:
             log.warning("the wall clock was stepped during the run: %s", self._clock.steps[-1])
 
     def drain(self, timeout_s: float = 1.0) -> int:
-        """Consume every record written so far now; returns how many were consumed."""
+        """Consume and assemble every record written so far now; returns how many were
+        consumed."""
         deadline = time.monotonic() + timeout_s
         total = 0
         with self._lock:
@@ -231,6 +254,7 @@ class KernelCollector:
             while True:
                 before = self._user["received"]
                 self._probes.bpf.ring_buffer_consume()
+                self._assemble()
                 got = self._user["received"] - before
                 total += got
                 if got == 0 or time.monotonic() >= deadline:
@@ -247,6 +271,7 @@ class KernelCollector:
             self._thread.join(timeout=5)
         self.drain(timeout_s=5.0)
         with self._lock:
+            self._assemble()
             snapshots = self._probes.conn_snapshots()
             self._assembler.finish_open(snapshots)
         self.stop()
@@ -262,6 +287,7 @@ class KernelCollector:
         if self._final is not None:
             return self._final
         with self._lock:
+            self._assemble()
             return self._assembler.requests(self._clock) if self._clock else []
 
     # --- reporting --------------------------------------------------------------------------
@@ -277,6 +303,7 @@ class KernelCollector:
             kernel = self._probes.counters()
             per_cpu = self._probes.counter_per_cpu(CTR_RINGBUF_DROPS)
         with self._lock:
+            self._user["backlog_peak"] = self._backlog_peak
             out = kstats.compose(kernel, per_cpu, self._user, self._assembler.stats,
                                  self._assembler.blind_samples,
                                  self._primer.stats if self._primer else {}, self.config.sizes())

@@ -35,9 +35,10 @@ PROG_PREFIX = "obsc_"  # every program in http_trace.bpf.c is named obsc_*
 
 DEFAULT_CAPTURE_BYTES = 1024
 CAPTURE_RANGE = (256, 4096)
-# Sized for 50k requests/s: ~2 records of ~0.3 KiB each per request is ~30 MB/s, so a
-# 4 MiB ring holds ~130 ms of records, several user-space poll periods (POLL_MS).
-DEFAULT_RINGBUF_PAGES = 1024  # 4 MiB
+# Sized for 50k requests/s: ~2 records of 0.1-0.5 KiB per request is 10-50 MB/s; the
+# collector copies records out at ~150k/s and assembles them apart, and a 16 MiB ring
+# rides out a stall of that copying (a GIL-heavy moment, a descheduled thread) of ~0.3-1 s.
+DEFAULT_RINGBUF_PAGES = 4096  # 16 MiB
 DEFAULT_MAP_ENTRIES = 65536  # connections open at once
 DEFAULT_IO_ENTRIES = 16384  # target threads inside a read/write syscall at once
 DEFAULT_TARGET_ENTRIES = 16384  # target processes and followed threads

@@ -62,7 +62,7 @@ def test_blind_spots_sizes_and_loss_detail_reach_the_report_and_the_summary(tmp_
                                              "first_bytes": TLS_HELLO}]}
     assert k["loss"] == 0 and k["ring_drops_per_cpu"] == [0, 0]
     assert k["map_full"] == {"connections": 0, "syscalls": 0, "targets": 0}
-    assert k["sizes"]["ringbuf_pages"] == 1024 and k["sizes"]["max_connections"] == 65536
+    assert k["sizes"]["ringbuf_pages"] == 4096 and k["sizes"]["max_connections"] == 65536
     text = render_summary(rep)
     assert "note: blind spots, not parsed: 2 TLS, 1 HTTP/2, 1 upgraded connections" in text
     assert "3 syscalls were in flight" in text
