@@ -1,0 +1,1 @@
+"""Benchmarks for `make bench`: kernel collector costs, sustained rate without loss, drift resolution."""
