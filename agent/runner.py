@@ -18,13 +18,17 @@ from agent.errors import InputError, ObsconformError, ProbeError
 from agent.evidence import EvidenceWriter, RunMeta, load_evidence
 from agent.hostinfo import host_info
 from agent.scenario import DEFAULT_PROFILE, PROFILES
-from agent.sut import LaunchedSut, host_port, otel_environment, tcp_open
+from agent.sut import (
+    LaunchedSut, host_port, otel_environment, process_environ, span_export_delay_s, tcp_open,
+)
 
 log = logging.getLogger(__name__)
 
 REPORT_NAME = "CNCF-compliance-report.json"
 DEFAULT_SETTLE_QUIET_S = 1.0
 DEFAULT_SETTLE_TIMEOUT_S = 15.0
+# On top of the SUT's span export delay: one export's own time and scheduling jitter.
+EXPORT_MARGIN_S = 0.5
 
 
 @dataclass
@@ -198,6 +202,7 @@ def _collect(cfg: RunConfig, meta: RunMeta, writer: EvidenceWriter, stack: conte
     collector = _start_probes(cfg, meta, writer, stack, progress)
 
     sut = None
+    export_delay_s: float | None = None
     if cfg.exec_cmd:
         def on_line(line: str) -> None:
             rec = json_log_line(line)
@@ -205,6 +210,7 @@ def _collect(cfg: RunConfig, meta: RunMeta, writer: EvidenceWriter, stack: conte
                 writer.logs([rec])
 
         env = otel_environment(dict(os.environ), receiver.endpoint, sink.url)
+        export_delay_s = span_export_delay_s(env)
         sut = LaunchedSut(cfg.exec_cmd, env, writer.run_dir / "sut.log", on_line=on_line)
         stack.callback(sut.stop)
         meta.target.update({"exec": cfg.exec_cmd, "pid": sut.pid})
@@ -215,6 +221,8 @@ def _collect(cfg: RunConfig, meta: RunMeta, writer: EvidenceWriter, stack: conte
         meta.extra["sut_ready_s"] = round(sut.wait_ready(host, port), 3)
     else:
         meta.target.update(target.describe)
+        delays = [span_export_delay_s(process_environ(pid)) for pid in target.roots]
+        export_delay_s = max((d for d in delays if d is not None), default=None)
         if collector:
             for root in target.roots:  # a cgroup target is selected in the kernel alone
                 collector.add_target(root)
@@ -248,6 +256,12 @@ def _collect(cfg: RunConfig, meta: RunMeta, writer: EvidenceWriter, stack: conte
     progress("settling: waiting for telemetry to stop changing")
     t0 = time.monotonic()
     quiet = receiver.wait_quiet(cfg.settle_quiet_s, cfg.settle_timeout_s)
+    # A batch span processor exports on its own timer, not when the SUT goes quiet: give it a
+    # full period after the last request before the SUT is stopped. Its exit flush is not
+    # enough: uvicorn re-raises SIGTERM after its graceful shutdown, so no atexit hook runs.
+    left = (export_delay_s or 0.0) + EXPORT_MARGIN_S - (time.monotonic() - t0)
+    if export_delay_s is not None and left > 0:
+        quiet = receiver.wait_quiet(left, cfg.settle_timeout_s) and quiet
     if sut is not None:
         # A graceful stop makes batch exporters flush what they still hold.
         meta.extra["sut_exit_code"] = sut.stop()

@@ -21,6 +21,10 @@ log = logging.getLogger(__name__)
 
 READY_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 10.0
+# The batch span processor's export timer. The OTel spec's default is 5 s; an --exec SUT gets
+# this shorter one (unless the caller set its own) so that a run need not wait that long.
+OTEL_BSP_DEFAULT_MS = 5000
+EXEC_BSP_SCHEDULE_DELAY_MS = 200
 
 
 def host_port(url: str) -> tuple[str, int]:
@@ -60,7 +64,30 @@ def otel_environment(base: dict[str, str], otlp_endpoint: str, downstream_url: s
     for signal_name in ("TRACES", "METRICS", "LOGS"):
         env.pop(f"OTEL_EXPORTER_OTLP_{signal_name}_ENDPOINT", None)
     env.setdefault("OTEL_SERVICE_NAME", "sut")
+    env.setdefault("OTEL_BSP_SCHEDULE_DELAY", str(EXEC_BSP_SCHEDULE_DELAY_MS))
     return env
+
+
+def span_export_delay_s(env: dict[str, str]) -> float | None:
+    """How long the SUT's batch span processor may hold a finished span (its export timer),
+    from its environment; None when nothing in it says the process uses OpenTelemetry."""
+    raw = env.get("OTEL_BSP_SCHEDULE_DELAY")
+    if raw is None:
+        return OTEL_BSP_DEFAULT_MS / 1000.0 if any(k.startswith("OTEL_") for k in env) else None
+    try:
+        return max(0.0, float(raw)) / 1000.0
+    except ValueError:
+        return OTEL_BSP_DEFAULT_MS / 1000.0  # the SDK ignores a bad value the same way
+
+
+def process_environ(pid: int) -> dict[str, str]:
+    """A running process's initial environment (empty when it cannot be read)."""
+    try:
+        raw = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return {}
+    pairs = (item.partition(b"=") for item in raw.split(b"\0") if item)
+    return {k.decode(errors="replace"): v.decode(errors="replace") for k, _, v in pairs}
 
 
 class LaunchedSut:
