@@ -52,7 +52,9 @@ STATUS_LABELS = ("http_response_status_code", "status", "status_code", "code",
                  "http_status_code")
 OTLP_NAMES = ("http.server.request.duration", "http.server.duration")
 OTLP_METHOD = ("http.request.method", "http.method")
-OTLP_ROUTE = ("http.route",)
+# Pre-1.21 Flask/WSGI instrumentations put the route template (or the path) of their
+# http.server.duration points in http.target, not http.route.
+OTLP_ROUTE = ("http.route", "http.target")
 OTLP_STATUS = ("http.response.status_code", "http.status_code")
 DIMS = ("method", "route", "status")
 _STATUS_CLASS = re.compile(r"^[1-5]xx$", re.IGNORECASE)
@@ -70,6 +72,9 @@ class Series:
     counts: dict[Key, float] = field(default_factory=dict)
     status_classes: bool = False  # status values are "2xx"-style classes
     notes: list[str] = field(default_factory=list)
+    # OTLP: the earliest time the counts may include (a cumulative stream without an export
+    # before the window counts from its own start); None = the window start given.
+    counted_since_ns: int | None = None
 
     @property
     def dims(self) -> list[str]:
@@ -181,11 +186,14 @@ def otlp_series(points: list[MetricPoint], window_start_ns: int) -> Series | Non
             break
     else:
         return None
+    route = None  # the attribute named in the report: http.route unless some need the fallback
+    if all(_attr(p.attributes, OTLP_ROUTE) is not None for p in chosen):
+        route = next((n for n in OTLP_ROUTE
+                      if all(p.attributes.get(n) not in (None, "") for p in chosen)), OTLP_ROUTE[-1])
     labels = {
         "method": "http.request.method" if all(_attr(p.attributes, OTLP_METHOD) is not None
                                                for p in chosen) else None,
-        "route": "http.route" if all(_attr(p.attributes, OTLP_ROUTE) is not None
-                                     for p in chosen) else None,
+        "route": route,
         "status": "http.response.status_code" if all(
             _attr(p.attributes, OTLP_STATUS) is not None for p in chosen) else None,
     }
@@ -197,6 +205,7 @@ def otlp_series(points: list[MetricPoint], window_start_ns: int) -> Series | Non
                  labels_key(_str(p.resource)), p.scope)].append(p)
     rows: list[tuple[dict[str, Any], float]] = []
     unknown_baseline = 0
+    since = window_start_ns
     for (cumulative, start_ns, *_), group in streams.items():
         group.sort(key=lambda p: p.time_ns)
         if cumulative:
@@ -204,15 +213,19 @@ def otlp_series(points: list[MetricPoint], window_start_ns: int) -> Series | Non
             baseline = float(base[-1].count or 0) if base else 0.0
             if not base and start_ns and start_ns < window_start_ns:
                 unknown_baseline += 1
+                since = min(since, start_ns)
             value = float(group[-1].count or 0) - baseline
         else:
             value = float(sum(p.count or 0 for p in group if p.time_ns > window_start_ns))
         a = group[-1].attributes
-        rows.append(({"method": _attr(a, OTLP_METHOD), "route": _attr(a, OTLP_ROUTE),
+        route_value = _attr(a, OTLP_ROUTE)
+        rows.append(({"method": _attr(a, OTLP_METHOD),
+                      "route": str(route_value).split("?", 1)[0] if route_value else None,
                       "status": _attr(a, OTLP_STATUS)}, value))
     if unknown_baseline:
         out.notes.append(f"{unknown_baseline} cumulative stream(s) had no export before the "
                          "load: counted from the stream start")
+        out.counted_since_ns = since
     _project(out, rows)
     return out
 

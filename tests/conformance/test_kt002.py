@@ -168,3 +168,69 @@ def test_otlp_cumulative_histogram_counts_are_compared(run, missed, status):
     assert r.status == status, (r.message, r.evidence)
     assert r.observed["otlp"]["metric"] == "http.server.request.duration"
     assert r.observed["otlp"]["kernel_count"] == 6
+
+
+def _old_semconv_flask_points(b, counts, start_ns, t):
+    """http.server.duration as FlaskInstrumentor exports it without the semconv opt-in: the
+    route template in http.target, no http.route, the pre-1.21 names, one stream per
+    worker, no export before the load (the SDK's first export comes at exit)."""
+    for worker, ((method, target, status), n) in enumerate(counts.items()):
+        b.points.append(MetricPoint(
+            name="http.server.duration", kind="histogram", unit="ms",
+            attributes={"http.method": method, "http.target": target, "http.status_code": status,
+                        "http.scheme": "http", "net.host.port": 8080},
+            resource={"service.name": "svc"}, start_ns=start_ns + worker, time_ns=t, count=n,
+            sum=5.0 * n, temporality="CUMULATIVE"))
+
+
+@pytest.mark.parametrize("counted, status", [(4, Status.PASS), (3, Status.FAIL)],
+                         ids=["flask-old-semconv-matches", "flask-old-semconv-misses-one"])
+def test_old_semconv_points_carry_the_route_in_http_target(run, counted, status):
+    b = run()
+    start = b.t - 1000 * MS
+    for i in range(4):
+        b.request(Req(path=f"/items/{i}", route="/items/<int:item_id>"))
+    b.request(Req(method="POST", path="/orders", route="/orders", status=201))
+    _old_semconv_flask_points(b, {("GET", "/items/<int:item_id>", 200): counted,
+                                  ("POST", "/orders?x=1", 201): 1}, start, b.t + MS)
+    r = kt002(b.build())
+    assert r.status == status, (r.message, r.evidence)
+    otlp = r.observed["otlp"]
+    assert otlp["labels"]["route"] == "http.target" and otlp["kernel_count"] == 5
+    if status == Status.FAIL:
+        (m,) = r.evidence["mismatches"]
+        assert (m["route"], m["kernel"], m["metric"]) == ("/items/<int:item_id>", 4, 3)
+
+
+def _agent_at(b, host, path):
+    """An agent request to ``host`` (the SUT's port, or a separate metrics server)."""
+    k = b._kernel("GET", path, {"host": [host], "user-agent": ["obsconform-agent/0.1"]}, 200, MS)
+    b.t += 3 * MS
+    return k
+
+
+# Without a route label, 1 lost request and 1 counted health probe are indistinguishable:
+# the count may lie anywhere between the kernel's with none and all same-port agent requests.
+@pytest.mark.parametrize("lost, status", [(0, Status.PASS), (2, Status.FAIL)],
+                         ids=["health-counted-scrapes-elsewhere", "two-requests-lost"])
+def test_agent_requests_to_a_separate_metrics_server_are_not_expected_in_the_count(
+        run, lost, status):
+    """gunicorn + prometheus-flask-exporter: the health probe reaches a worker (counted by the
+    OTLP metric, which has no route label), the scrapes reach the master's metrics port."""
+    b = run()
+    start = b.t - 1000 * MS
+    _agent_at(b, "127.0.0.1:8080", "/healthz")  # before the load: no export covers it yet
+    for _ in range(3):
+        _agent_at(b, "127.0.0.1:9200", "/metrics")
+    for i in range(4):
+        b.request(Req(path=f"/items/{i}"))
+    for _ in range(3):
+        _agent_at(b, "127.0.0.1:9200", "/metrics")
+    b.points.append(MetricPoint(
+        name="http.server.duration", kind="histogram", unit="ms",
+        attributes={"http.method": "GET", "http.status_code": 200},
+        resource={"service.name": "svc"}, start_ns=start, time_ns=b.t, count=4 + 1 - lost,
+        sum=20.0, temporality="CUMULATIVE"))
+    r = kt002(b.build())
+    assert r.status == status, (r.message, r.evidence)
+    assert r.observed["otlp"]["kernel_count"] == 4
