@@ -214,3 +214,31 @@ def test_results_carry_catalogue_identity_and_refs(run):
     assert (r.level, r.category) == ("MUST", "kernel-truth")
     assert r.title.startswith("Every kernel-observed server request")
     assert any("semconv" in ref["title"] for ref in r.spec_refs)
+
+
+def _burst(b, n, queued_gap_ns):
+    """n requests read at once by one process (an event loop): the first is handled at once,
+    each later one waits ``queued_gap_ns`` before its span starts (and the span ends as much
+    before the response's last write, as the builder models it)."""
+    t0 = b.t
+    for i in range(n):
+        b.t = t0
+        b.request(Req(path=f"/burst/{i}", route="/burst/{id}", dur_ns=20 * MS,
+                      span_gap_ns=100_000 if i == 0 else queued_gap_ns))
+    b.t = t0 + 40 * MS
+
+
+@pytest.mark.parametrize("hidden_ns, status", [(0, Status.PASS), (10 * MS, Status.FAIL)],
+                         ids=["queueing-under-concurrency-is-not-hidden-latency",
+                              "hidden-latency-on-requests-served-alone-still-fails"])
+def test_kt003_judges_requests_served_alone(run, hidden_ns, status):
+    b = run()
+    for i in range(20):
+        b.request(Req(path=f"/items/{i}", hidden_ns=hidden_ns))
+    _burst(b, 8, queued_gap_ns=6 * MS)  # 12 ms drift each for the 7 queued ones
+    r = result(evaluate(b.build(), select=["KT-003"]), "KT-003")
+    assert r.status == status, r.message
+    assert r.observed["served_alone"] == 21
+    assert r.observed["concurrent_drift_us"]["samples"] == 7
+    assert r.observed["concurrent_drift_us"]["p50"] == pytest.approx(12_000.0)
+    assert "7 concurrent ones" in r.message
