@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
-from conformance.model import Finding
+from conformance.model import Finding, Status
 from conformance.registry import CheckContext, check
 from conformance.scenario import biz_header, expected_biz_code, fanout_routes
 from conformance.view import RequestView, view_of
@@ -81,14 +81,21 @@ def no_biz_code_leak(ctx: CheckContext) -> Finding:
         return Finding.skipped("no concurrent bizCode phase (no bc/concurrent case) was sent")
     codes = {r.driver.seq: expected_biz_code(scenario, r.driver) for r in reqs}
     others = set(codes.values())
-    leaks, wrong, judged = [], [], 0
+    seen_by: dict[int, list[tuple[str, str]]] = {}  # request seq → [(where, value)]
     for r in reqs:
-        want = codes[r.driver.seq]
-        seen: list[tuple[str, str]] = []  # (where, value)
+        seen: list[tuple[str, str]] = []
         for witness, values in _outbound_codes(r, header):
             seen += [(f"outbound {witness}", v) for v in values] or [(f"outbound {witness}", "")]
         if r.span_certain and SPAN_ATTR in r.span.attributes:
             seen.append(("span biz.code", str(r.span.attributes[SPAN_ATTR])))
+        seen_by[r.driver.seq] = seen
+    # A channel (outbound calls, spans) that carries no bizCode for any request lacks the
+    # layer, which BC-001/BC-003 judge; its empty values are no leak and not judged here.
+    carrying = {where.split()[0] for seen in seen_by.values() for where, v in seen if v}
+    leaks, wrong, judged = [], [], 0
+    for r in reqs:
+        want = codes[r.driver.seq]
+        seen = [(w, v) for w, v in seen_by[r.driver.seq] if w.split()[0] in carrying]
         judged += bool(seen)
         for where, value in seen:
             if value == want:
@@ -96,8 +103,14 @@ def no_biz_code_leak(ctx: CheckContext) -> Finding:
             row = r.ref(expected=want, got=value or "(none)", where=where)
             (leaks if value in others else wrong).append(row)
     observed = {"concurrent_requests": len(reqs), "distinct_biz_codes": len(others),
-                "judged": judged, "leaked": len(leaks), "other_wrong": len(wrong)}
+                "judged": judged, "leaked": len(leaks), "other_wrong": len(wrong),
+                "channels_carrying_biz_code": sorted(carrying)}
     evidence = {"leaks": leaks[:SAMPLES], "other_wrong": wrong[:SAMPLES]}
+    if not carrying and any(seen_by.values()):
+        return Finding(
+            Status.SKIP, f"none of the {len(reqs)} concurrent requests' outbound calls or "
+            f"spans carries a bizCode ({header}, {SPAN_ATTR}): nothing to leak; BC-001 and "
+            "BC-003 judge the missing layer", observed, expected, evidence)
     if leaks or wrong:
         f = (leaks or wrong)[0]
         what = "another request's bizCode" if leaks else "a wrong bizCode"

@@ -55,6 +55,7 @@ class Faults:
     hidden_latency_ns: int = 0
     leak_bizcode: bool = False
     no_biz_attr: bool = False
+    no_biz_header: bool = False  # the outbound call carries no bizCode (profile not implemented)
     wrong_status: dict[str, int] = field(default_factory=dict)  # wire code → status
     no_error_code_header: bool = False
     wrong_error_trace_id: bool = False
@@ -259,7 +260,8 @@ class SimSut:
             PROP.inject(headers, context=trace.set_span_in_context(client))
         if f.drop_tracestate:
             headers.pop("tracestate", None)
-        headers[self.scenario["biz_code_header"]] = biz
+        if not f.no_biz_header:
+            headers[self.scenario["biz_code_header"]] = biz
         wire = {k.lower(): [v] for k, v in headers.items()}
         b.downstream.append(DownstreamRecord(t_ns=t + 200 * US, method="POST",
                                              path="/inventory/reserve", headers=wire))

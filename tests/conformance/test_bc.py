@@ -23,6 +23,13 @@ CASES = [
     pytest.param("BC-002", {"kernel": False}, Status.PASS, "no leak", id="BC-002-pass-no-ebpf"),
     pytest.param("BC-002", {"leak_bizcode": True}, Status.FAIL,
                  "leak(s) of another concurrent request's bizCode", id="BC-002-fail-leak"),
+    # A plain OTel service (no errortrace profile): BC-001/BC-003 fail, nothing can leak.
+    pytest.param("BC-002", {"no_biz_header": True, "no_biz_attr": True}, Status.SKIP,
+                 "nothing to leak", id="BC-002-skip-no-bizcode-layer"),
+    pytest.param("BC-002", {"no_biz_header": True}, Status.PASS, "no leak",
+                 id="BC-002-pass-span-attribute-only"),
+    pytest.param("BC-001", {"no_biz_header": True}, Status.FAIL, "outbound calls carry the wrong",
+                 id="BC-001-fail-no-bizcode-forwarded"),
     pytest.param("BC-003", {}, Status.PASS, "carry their request's biz.code", id="BC-003-pass"),
     pytest.param("BC-003", {"no_biz_attr": True}, Status.FAIL, "have no biz.code attribute",
                  id="BC-003-fail-no-attribute"),
