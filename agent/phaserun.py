@@ -89,6 +89,8 @@ def run_phases(plan: Plan, driver: LoadDriver, scraper: Scraper | None,
                 if loop.failures:
                     log.warning("%d of %d scrapes during the load failed", loop.failures, loop.count)
     if scraper is not None:
+        if not scraper.wait_stable():
+            log.warning("request counters on %s still changed after 5 s; scraping anyway", scraper.url)
         scraper.scrape("after", openmetrics=False)
         scraper.scrape("after", openmetrics=True)
     return records

@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 
 from agent._http import user_agent
 from agent.evidence import AGENT_USER_AGENT, EvidenceWriter, Scrape
+from agent.exposition import labels_key, parse_exposition
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +24,20 @@ ACCEPT_OPENMETRICS = (
 )
 ACCEPT_PROMETHEUS = "text/plain;version=0.0.4;q=1.0,*/*;q=0.1"
 DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
+
+
+def _request_counts(body: bytes, metrics_path: str) -> dict | None:
+    """Counter and histogram-count samples of a text exposition, minus the scrape's own series."""
+    expo = parse_exposition(body.decode("utf-8", "replace"), "text/plain; version=0.0.4")
+    if expo.error:
+        return None
+    return {
+        (s.name, labels_key(s.labels)): s.value
+        for fam in expo.families if fam.type in ("counter", "histogram", "summary")
+        for s in fam.samples
+        if (fam.type == "counter" or s.name.endswith("_count")) and not s.name.endswith("_created")
+        and metrics_path not in s.labels.values()
+    }
 
 
 class Scraper:
@@ -62,6 +77,29 @@ class Scraper:
             self.scrapes.append(record)
             self.last_body = body
         return record
+
+    def wait_stable(self, quiet_s: float = 0.5, timeout_s: float = 5.0) -> bool:
+        """Re-scrape until request counters have not changed for ``quiet_s``; True if so.
+
+        Services often count a request just after its response has left (the histogram is
+        observed when the handler returns), so a scrape right after the last response can
+        miss the last few. Only series that can count requests are compared, and none that
+        names the metrics path itself, since some exporters count their own scrapes.
+        """
+        start = time.monotonic()
+        deadline = start + timeout_s
+        last, since = None, start
+        while True:
+            record, body = self.fetch("settle")
+            now = time.monotonic()
+            sig = None if record.error or body is None else _request_counts(body, self._parts.path or "/")
+            if sig is None or sig != last:
+                last, since = sig, now
+            elif now - since >= quiet_s:
+                return True
+            if now >= deadline:
+                return False
+            time.sleep(min(quiet_s / 4, max(0.0, deadline - now)))
 
     def fetch(self, phase: str, openmetrics: bool = False) -> tuple[Scrape, bytes | None]:
         """One GET; returns the record (not yet stored) and the decoded body, if any arrived."""

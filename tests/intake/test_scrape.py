@@ -111,3 +111,65 @@ def test_scrape_loop_scrapes_during_load_until_stopped(exporter, writer):
 def test_bad_arguments_name_the_parameter(url, kwargs):
     with pytest.raises(ValueError, match="url|timeout_s"):
         Scraper(url, None, **kwargs)
+
+
+class _CountingExporter:
+    """A /metrics server whose request counter is bumped by a thread, and which counts its
+    own scrapes under handler="/metrics" the way some exporters do."""
+
+    def __init__(self, bumps: int, interval_s: float) -> None:
+        import http.server
+
+        from prometheus_client import generate_latest
+
+        self.registry = CollectorRegistry()
+        self.requests = Counter("app_requests", "requests", ["handler"], registry=self.registry)
+        self.done = threading.Event()
+        registry, requests = self.registry, self.requests
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                requests.labels("/metrics").inc()
+                body = generate_latest(registry)
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain; version=0.0.4")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_port}/metrics"
+
+        def bump() -> None:
+            for _ in range(bumps):
+                if self.done.wait(interval_s):
+                    return
+                requests.labels("/items").inc()
+
+        threading.Thread(target=bump, daemon=True).start()
+
+    def close(self) -> None:
+        self.done.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.parametrize(
+    "bumps, stable",
+    [(0, True), (6, True), (10_000, False)],
+    ids=["already-still", "settles-after-late-counts", "never-settles"],
+)
+def test_wait_stable_waits_for_late_counts_and_ignores_self_counted_scrapes(bumps, stable):
+    exp = _CountingExporter(bumps, interval_s=0.1)
+    try:
+        t0 = time.monotonic()
+        assert Scraper(exp.url, None).wait_stable(timeout_s=2.0) is stable
+        if bumps == 6:  # it returned only once the sixth late count was in
+            assert exp.requests.labels("/items")._value.get() == 6
+            assert time.monotonic() - t0 >= 0.55
+    finally:
+        exp.close()
