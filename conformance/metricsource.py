@@ -72,8 +72,9 @@ class Series:
     counts: dict[Key, float] = field(default_factory=dict)
     status_classes: bool = False  # status values are "2xx"-style classes
     notes: list[str] = field(default_factory=list)
-    # OTLP: the earliest time the counts may include (a cumulative stream without an export
-    # before the window counts from its own start); None = the window start given.
+    # OTLP: the earliest time the counts may include; None = the window start given. A
+    # cumulative stream without an export before the window counts everything its process
+    # recorded (0): its start_ns is its first recording, after that request had started.
     counted_since_ns: int | None = None
 
     @property
@@ -205,7 +206,6 @@ def otlp_series(points: list[MetricPoint], window_start_ns: int) -> Series | Non
                  labels_key(_str(p.resource)), p.scope)].append(p)
     rows: list[tuple[dict[str, Any], float]] = []
     unknown_baseline = 0
-    since = window_start_ns
     for (cumulative, start_ns, *_), group in streams.items():
         group.sort(key=lambda p: p.time_ns)
         if cumulative:
@@ -213,7 +213,6 @@ def otlp_series(points: list[MetricPoint], window_start_ns: int) -> Series | Non
             baseline = float(base[-1].count or 0) if base else 0.0
             if not base and start_ns and start_ns < window_start_ns:
                 unknown_baseline += 1
-                since = min(since, start_ns)
             value = float(group[-1].count or 0) - baseline
         else:
             value = float(sum(p.count or 0 for p in group if p.time_ns > window_start_ns))
@@ -225,7 +224,7 @@ def otlp_series(points: list[MetricPoint], window_start_ns: int) -> Series | Non
     if unknown_baseline:
         out.notes.append(f"{unknown_baseline} cumulative stream(s) had no export before the "
                          "load: counted from the stream start")
-        out.counted_since_ns = since
+        out.counted_since_ns = 0
     _project(out, rows)
     return out
 
