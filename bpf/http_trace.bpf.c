@@ -298,12 +298,14 @@ int obsc_scan(struct sys_exit_args *args)
     struct scratch_t *s = scratch.lookup(&zero);
     if (!s)
         return 0;
-    struct conn_state *c = conns.lookup(&s->scan_key);
-    if (!c)
-        return 0;
     u32 n = s->count;
     if (n > CAPTURE_BYTES)
         n = CAPTURE_BYTES;
+    struct conn_state *c = conns.lookup(&s->scan_key);
+    if (!c) { /* another thread closed the fd meanwhile: the capture still goes out */
+        emit(s, n);
+        return 0;
+    }
     finish_capture(s, c, n);
     return 0;
 }
