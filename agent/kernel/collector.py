@@ -31,7 +31,6 @@ CLOCK_EVERY_S = 1.0  # a wall-clock step is pinned to within this
 # (~250 MB) the loop stops draining: the ring fills and the kernel counts the drops.
 MAX_BACKLOG = 1_000_000
 ASSEMBLE_SLICE_S = 0.005
-LOSS_KEYS = kstats.LOSS_KEYS
 
 
 def _is_socket(tgid: int, fd: int) -> bool | None:
@@ -163,7 +162,7 @@ class KernelCollector:
         self._new_primer().prime(cgroup_pids(self.config.cgroup))
 
     def _final_totals(self, tgid: int, fds: list[int]):
-        # Called by the assembler (inside _on_record, lock held) when a target exits.
+        # Called by the assembler (inside _assemble, lock held) when a target process exited.
         if self._probes is None or self._probes.bpf is None:
             return {}
         return self._probes.take_conns(tgid, fds)
