@@ -27,6 +27,9 @@
  *
  * Every sys_exit_ tracepoint has the same record (see any sys_exit_ format file in tracefs),
  * so the exit programs share one struct; probes.py checks the offset of ret before attaching.
+ *
+ * bcc generates the tracepoint__* argument structs only for names in this file, so every
+ * program lives here; byte recognition (http_bytes.h) and copying (http_data.h) are apart.
  */
 #include "http_event.h"
 
