@@ -134,9 +134,6 @@ def run(exec_cmd, pid, target_port, cgroup, ringbuf_pages, max_connections, url,
     if agent_url:
         from agent.remote import run_from_cli
 
-        if target_port is not None or cgroup is not None:
-            raise ObsconformError("--port and --cgroup are not supported with --agent yet; give --pid or --exec")
-
         from agent.scenario import PROFILES
 
         if profile not in PROFILES:
@@ -144,7 +141,9 @@ def run(exec_cmd, pid, target_port, cgroup, ringbuf_pages, max_connections, url,
         # Files are read here, on the client: the agent gets the scenario inline, catalogue included.
         scenario = cfg.resolved_scenario() if scenario_file or catalog else None
         _finish(run_from_cli(agent_url, token_file, out_dir=out_dir, junit=junit, progress=_progress,
-                             exec_cmd=exec_cmd, pid=pid, url=url, metrics_url=metrics_url,
+                             exec_cmd=exec_cmd, pid=pid, port=target_port, cgroup=cgroup,
+                             ringbuf_pages=ringbuf_pages, max_connections=max_connections,
+                             url=url, metrics_url=metrics_url,
                              paths=None if scenario else list(paths), scenario=scenario,
                              no_ebpf=no_ebpf, requests=requests, concurrency=concurrency,
                              capture_bytes=capture_bytes, checks=list(checks)), html)

@@ -43,7 +43,7 @@ def validate(spec: Any, *, allow_exec: bool) -> dict:
     if errors:
         first = errors[0]
         if first.validator == "oneOf" and isinstance(spec, dict):
-            message = "give exactly one target: \"exec\" or \"pid\""
+            message = "give exactly one target: \"exec\", \"pid\", \"port\" or \"cgroup\""
         else:
             message = f"{_where(first)}: {first.message}"
         more = f" (and {len(errors) - 1} more problems)" if len(errors) > 1 else ""

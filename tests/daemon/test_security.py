@@ -133,6 +133,8 @@ INVALID = [
     pytest.param({"pid": 1}, "'url' is a required property", id="no-url"),
     pytest.param({"url": "http://127.0.0.1:1"}, "exactly one target", id="no-target"),
     pytest.param({"url": "http://127.0.0.1:1", "pid": 1, "exec": "x"}, "exactly one target", id="two-targets"),
+    pytest.param({"url": "http://127.0.0.1:1", "port": 80, "cgroup": "/x"}, "exactly one target", id="port-and-cgroup"),
+    pytest.param({"url": "http://x", "port": 70000}, "port: 70000 is greater than the maximum", id="bad-port"),
     pytest.param({"url": "ftp://x", "pid": 1}, "url: 'ftp://x' does not match", id="bad-scheme"),
     pytest.param({"url": "http://x", "pid": 1, "requests": 0}, "requests: 0 is less than the minimum", id="zero-requests"),
     pytest.param({"url": "http://x", "pid": 1, "paths": ["no-slash"]}, "paths/0", id="relative-path"),
@@ -225,3 +227,13 @@ def test_a_second_daemon_on_the_same_reports_dir_refuses_to_start(daemons):
     assert r.returncode == 1
     assert "another obsconform daemon already uses --reports-dir" in r.stderr, r.stderr
     assert d.api("GET", "/v1/runs")[0] == 200, "the first daemon is untouched"
+
+
+@pytest.mark.parametrize("target", [{"port": 8080}, {"cgroup": "/sys/fs/cgroup/app"}], ids=["port", "cgroup"])
+def test_port_and_cgroup_targets_reach_the_run_config(target, tmp_path):
+    from agent.daemon.spec import run_config, validate
+
+    spec = validate({"url": "http://127.0.0.1:8080", **target, "ringbuf_pages": 64}, allow_exec=False)
+    cfg = run_config(spec, tmp_path)
+    assert {k: getattr(cfg, k) for k in target} == target
+    assert cfg.ringbuf_pages == 64
