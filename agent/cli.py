@@ -59,9 +59,17 @@ def cli(verbose: bool) -> None:
 
 
 @cli.command()
-def doctor() -> None:
+@click.option("--print-bpf", is_flag=True, help="Print the eBPF C source and the -D flags a run compiles, then exit.")
+@click.option("--capture-bytes", default=1024, type=click.IntRange(256, 4096), help="With --print-bpf: capture size.")
+def doctor(print_bpf: bool, capture_bytes: int) -> None:
     """Check that this host can run the agent, and say what to fix."""
     from agent.doctor import render, run_doctor
+
+    if print_bpf:
+        from agent.kernel.probes import ProbeConfig, bpf_source
+
+        click.echo(bpf_source(ProbeConfig(capture_bytes=capture_bytes)))
+        return
 
     items = run_doctor()
     click.echo(render(items))
