@@ -166,9 +166,11 @@ def latency_drift(ctx: CheckContext) -> Finding:
         notes.append(f"{beyond} request(s) beyond +/-{budget_us:.0f} us: not more than "
                      f"{P99_SHARE:.0%} of {len(judged)} at 95% confidence (sporadic outliers, "
                      "e.g. the process waited for a CPU or the GIL)")
-    return Finding.passed(f"{summary}, within +/-{budget_us:.0f} us"
-                          f"{f' but {beyond} sporadic outlier(s)' if beyond else ''}",
-                          observed, expected, **evidence)
+        return Finding.passed(f"{summary}: {beyond} beyond +/-{budget_us:.0f} us, sporadic "
+                              f"(not more than {P99_SHARE:.0%} at 95% confidence)",
+                              observed, expected, **evidence)
+    return Finding.passed(f"{summary}, within +/-{budget_us:.0f} us", observed, expected,
+                          **evidence)
 
 
 _ADVICE = {
