@@ -15,7 +15,7 @@ from typing import Any
 
 from agent.driver import PlannedRequest
 from agent.errcodes import entry_wire_code
-from agent.scenario import is_fanout
+from agent.scenario import harness_path, is_fanout
 from agent.tracecontext import INVALID_PARENT_ID, INVALID_TRACE_ID, new_span_id, new_trace_id, new_traceparent
 
 PHASES = ("tc", "bc", "ec", "load")
@@ -55,6 +55,26 @@ INVALID_TRACEPARENTS: dict[str, Callable[[str, str], str | list[str]]] = {
     "version-00-trailing-data": lambda t, p: f"00-{t}-{p}-01-deadbeef",
     "duplicate-header": lambda t, p: [f"00-{t}-{p}-01", str(new_traceparent())],
 }
+
+
+# W3C trace-context test-harness mode (SPEC §5): the SUT's harness endpoint is told to call the
+# downstream sink back at <sink>/w3c/<case>?call=<i>&of=<n>; conformance/checks/tc_harness.py
+# reads the case and the number of callbacks back from that path.
+HARNESS_SUFFIX = "@harness"
+HARNESS_CALLBACK_PREFIX = "/w3c/"
+HARNESS_CALLBACKS = 3  # tc/multiple-callbacks: each outbound call must carry the trace
+# The W3C harness's own level-1 cases beyond the invalid variants above:
+# a higher version with more fields: a level-1 receiver parses the first four and continues;
+FUTURE_VERSION = "cc-{t}-{p}-01-what-the-future-will-be-like"
+# the same with a "." after the flags is no version-cc value at all: a new trace.
+HARNESS_INVALID_TRACEPARENTS: dict[str, Callable[[str, str], str | list[str]]] = {
+    **INVALID_TRACEPARENTS,
+    "future-version-bad-delimiter": lambda t, p: f"cc-{t}-{p}-01.what-the-future-will-be-like",
+}
+# 32 members, the most a tracestate may hold, over 4 header fields (as the W3C harness sends
+# them): 287 characters, under the 512 a receiver must forward, so all must arrive in order.
+TRACESTATE_32 = [",".join(f"bar{i:02d}={i:02d}" for i in range(first, min(first + 10, 33)))
+                 for first in range(1, 33, 10)]
 
 
 @dataclass
@@ -131,6 +151,40 @@ def plan_tc(scenario: dict) -> list[PlannedRequest]:
     return out
 
 
+def harness_callback_url(sink_url: str, case: str, call: int = 0, of: int = 1) -> str:
+    """Where the SUT's harness endpoint calls back for ``case`` (without ``@harness``)."""
+    return f"{sink_url.rstrip('/')}{HARNESS_CALLBACK_PREFIX}{case}?call={call}&of={of}"
+
+
+def plan_tc_harness(scenario: dict, sink_url: str) -> list[PlannedRequest]:
+    """The tc cases through the SUT's W3C test-harness endpoint: ``POST <path>`` with
+    ``[{"url": <sink callback>, "arguments": []}, ...]`` and the case's trace headers; case
+    names are the contract's with ``@harness``."""
+    path = harness_path(scenario)
+    if path is None:
+        return []
+
+    def case(name: str, trace: dict[str, str | list[str]], callbacks: int = 1) -> PlannedRequest:
+        body = [{"url": harness_callback_url(sink_url, name, i, callbacks), "arguments": []}
+                for i in range(callbacks)]
+        entry = {"method": "POST", "path": path, "headers": {"Content-Type": "application/json"},
+                 "body": body}
+        return _request(entry, "tc", f"{name}{HARNESS_SUFFIX}", trace)
+
+    def tp(sampled: bool = True) -> dict[str, str | list[str]]:
+        return {"traceparent": str(new_traceparent(sampled))}
+
+    out = [case("tc/valid", tp()), case("tc/valid-unsampled", tp(False)), case("tc/missing", {})]
+    for variant, build in HARNESS_INVALID_TRACEPARENTS.items():
+        out.append(case(f"tc/invalid/{variant}", {"traceparent": build(*_ids_with_letters())}))
+    out.append(case("tc/future-version",
+                    {"traceparent": FUTURE_VERSION.format(t=new_trace_id(), p=new_span_id())}))
+    out.append(case("tc/tracestate", {**tp(), "tracestate": TRACESTATE}))
+    out.append(case("tc/tracestate-32-members", {**tp(), "tracestate": list(TRACESTATE_32)}))
+    out.append(case("tc/multiple-callbacks", tp(), HARNESS_CALLBACKS))
+    return out
+
+
 def _bc_targets(scenario: dict) -> list[dict]:
     """Every fan-out request of the load mix; the plain one when nothing fans out (then only
     span-side bizCode checks have material)."""
@@ -195,9 +249,17 @@ def plan_load(scenario: dict, n: int) -> list[PlannedRequest]:
             for r, _ in zip(itertools.cycle(mix), range(n))]
 
 
-def plan(scenario: dict, *, requests: int, concurrency: int) -> Plan:
-    """Every phase in sending order: tc, bc (one at a time, then concurrent), ec, load."""
+def plan(scenario: dict, *, requests: int, concurrency: int, sink_url: str | None = None) -> Plan:
+    """Every phase in sending order: tc (with the W3C harness cases when the scenario names
+    the endpoint and ``sink_url`` is the downstream sink's), bc (one at a time, then
+    concurrent), ec, load."""
     ec, notes = plan_ec(scenario)
+    harness: list[PlannedRequest] = []
+    if harness_path(scenario) is not None:
+        if sink_url:
+            harness = plan_tc_harness(scenario, sink_url)
+        else:
+            notes.append("w3c_harness: no downstream sink to call back; no @harness cases sent")
     if not scenario.get("errcodes"):
         notes.append("no errcode catalogue: the ec phase sends nothing")
     if not any(is_fanout(scenario, r["path"]) for r in scenario["load"]):
@@ -206,8 +268,10 @@ def plan(scenario: dict, *, requests: int, concurrency: int) -> Plan:
     bc_c = max(BC_MIN_CONCURRENCY, min(concurrency, BC_CONCURRENT_REQUESTS))
     tc, bc, bc_concurrent = plan_tc(scenario), plan_bc(scenario), plan_bc_concurrent(scenario)
     load = plan_load(scenario, requests)
+    through = f" ({len(harness)} through {harness_path(scenario)})" if harness else ""
     phases = [
-        Phase("tc", f"sending {len(tc)} trace-context cases one at a time", tc),
+        Phase("tc", f"sending {len(tc) + len(harness)} trace-context cases one at a time{through}",
+              tc + harness),
         Phase("bc", f"sending {len(bc)} bizCode cases one at a time", bc),
         Phase("bc", f"sending {len(bc_concurrent)} interleaved bizCodes at concurrency {bc_c}",
               bc_concurrent, bc_c),

@@ -236,7 +236,7 @@ def _collect(cfg: RunConfig, meta: RunMeta, writer: EvidenceWriter, stack: conte
             meta.notes.append(f"health probe GET {health['path']} answered "
                               f"{health['status'] or health['error']}")
 
-    plan = plan_phases(scenario, requests=cfg.requests, concurrency=cfg.concurrency)
+    plan = plan_phases(scenario, requests=cfg.requests, concurrency=cfg.concurrency, sink_url=sink.url)
     meta.notes += plan.notes
     sizes: dict[str, int] = {}
     for p in plan.phases:

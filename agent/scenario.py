@@ -140,6 +140,7 @@ def resolve(data: dict, *, source: str, base_dir: Path | None, catalog: Path | s
     out.setdefault("health_path", "")
     out.setdefault("uninstrumented", [p for p in (out["metrics_path"], out["health_path"]) if p])
     out.setdefault("biz_code_header", DEFAULT_BIZ_CODE_HEADER)
+    out.setdefault("w3c_harness", None)  # null = the SUT has no W3C test-harness endpoint
     for req in out["load"]:
         req.setdefault("method", "GET")
         req.setdefault("headers", {})
@@ -194,6 +195,12 @@ def from_inline(data: Any, *, catalog: Path | str | None = None, metrics_url: st
 def route_of(scenario: dict, path: str) -> str | None:
     """The route template of a concrete request target, when the scenario names it."""
     return scenario.get("routes", {}).get(path)
+
+
+def harness_path(scenario: dict) -> str | None:
+    """The SUT's W3C trace-context test-harness endpoint, when the scenario names one."""
+    harness = scenario.get("w3c_harness")
+    return harness["path"] if isinstance(harness, dict) else None
 
 
 def is_fanout(scenario: dict, path: str) -> bool:
