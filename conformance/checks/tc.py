@@ -1,6 +1,7 @@
 """Trace-context checks TC-001..TC-004 (W3C Trace Context level 1 on the wire): the server span
 continues a valid traceparent, outbound calls carry the trace, invalid values restart it,
-and the trace-ids the SUT makes up are valid and unique."""
+and the trace-ids the SUT makes up are valid and unique. ``@harness`` cases (the SUT's W3C
+test-harness endpoint) are judged by their callbacks to the sink (``tc_harness``)."""
 
 from __future__ import annotations
 
@@ -8,11 +9,14 @@ import re
 from collections import defaultdict
 from typing import Any
 
-from agent.tracecontext import TraceParent, is_valid_trace_id, parse_traceparent, parse_tracestate
+from agent.tracecontext import TraceParent, is_valid_trace_id, parse_traceparent
+from conformance.checks.tc_harness import (
+    HOW_CALLBACK, callback_gap, harness_callbacks, is_callback, is_harness, tracestate_problems,
+)
 from conformance.model import Finding
 from conformance.registry import CheckContext, check
 from conformance.scenario import fanout_routes
-from conformance.view import Outbound, RequestView, View, view_of
+from conformance.view import SOURCE_DOWNSTREAM, Outbound, RequestView, View, view_of
 
 SAMPLES = 10
 _HEX_RUN = re.compile(r"[0-9a-fA-F]{16,}")
@@ -43,6 +47,21 @@ def _spans_of_trace(view: View, trace_id: str) -> dict[str, Any]:
     return {s.span_id: s for s in view.spans_by_trace.get(trace_id, [])}
 
 
+def outbound_of(ctx: CheckContext, r: RequestView) -> list[Outbound]:
+    """The callbacks of an ``@harness`` case, else the request's outbound witnesses."""
+    return harness_callbacks(ctx, r) if is_harness(r) else r.witnesses
+
+
+def _wire_continues(ctx: CheckContext, r: RequestView) -> bool | None:
+    """For an ``@harness`` case without a server span: do its callbacks keep the inbound
+    trace-id (True), start another trace (False), or show none (None: TC-002's business)?"""
+    tps = [outbound_traceparent(o)[0] for o in harness_callbacks(ctx, r)] if is_harness(r) else []
+    tps = [tp for tp in tps if tp is not None]
+    if not tps:
+        return None
+    return all(tp.trace_id == r.driver.trace_id for tp in tps)
+
+
 def _outbound_ref(o: Outbound) -> dict[str, Any]:
     return {"witness": o.witness, "outbound": f"{o.method} {o.path}",
             "traceparent": o.values("traceparent"), "tracestate": o.values("tracestate")}
@@ -55,20 +74,26 @@ def server_span_continues_context(ctx: CheckContext) -> Finding:
     expected = {"server_span": "trace_id = inbound trace-id, parent_span_id = inbound parent-id"}
     if not valid:
         return Finding.skipped("the driver sent no valid traceparent: nothing to continue")
-    continued, broken, without = [], [], []
+    continued, broken, without, wire_kept, wire_broken = [], [], [], [], []
     for r in valid:
         d = r.driver
         if view.spans_by_key.get((d.trace_id, d.parent_id)):
             continued.append(r)
         elif r.spans:
             broken.append(r)
+        elif (kept := _wire_continues(ctx, r)) is not None:
+            (wire_kept if kept else wire_broken).append(r)
         else:
             without.append(r)
     observed = {"requests_with_valid_traceparent": len(valid), "continued": len(continued),
-                "not_continued": len(broken), "no_server_span": len(without)}
+                "not_continued": len(broken), "no_server_span": len(without),
+                "harness_judged_on_the_wire": len(wire_kept) + len(wire_broken)}
     evidence = {
         "failures": [r.ref(expected_trace_id=r.driver.trace_id,
-                           expected_parent_span_id=r.driver.parent_id) for r in broken[:SAMPLES]],
+                           expected_parent_span_id=r.driver.parent_id) for r in broken[:SAMPLES]]
+        + [r.ref(expected_trace_id=r.driver.trace_id,
+                 callbacks=[_outbound_ref(o) for o in harness_callbacks(ctx, r)])
+           for r in wire_broken[:SAMPLES]],
         "no_span_samples": [r.ref() for r in without[:SAMPLES]],
         "notes": ["requests without any server span are KT-001's business (or unsampled)"]
         if without else [],
@@ -80,12 +105,20 @@ def server_span_continues_context(ctx: CheckContext) -> Finding:
             f"that does not continue it, e.g. {r.case or r.driver.phase}: sent "
             f"{r.driver.request_headers.get('traceparent')}, span trace_id {r.span.trace_id} "
             f"parent {r.span.parent_span_id or '(none)'}", observed, expected, **evidence)
-    if not continued:
+    if wire_broken:
+        r = wire_broken[0]
+        got = harness_callbacks(ctx, r)[0].values("traceparent")
+        return Finding.failed(
+            f"{len(wire_broken)} harness case(s) without a server span called back in another "
+            f"trace, e.g. {r.case}: sent {r.driver.request_headers.get('traceparent')}, "
+            f"callback traceparent {got}", observed, expected, **evidence)
+    if not continued and not wire_kept:
         return Finding.inconclusive("no server span was exported for any request that sent a "
                                     "valid traceparent", observed, expected, **evidence)
+    wire = f"; {len(wire_kept)} harness case(s) without a span kept it on the wire" if wire_kept else ""
     return Finding.passed(f"{len(continued)} server spans continue the inbound traceparent "
-                          "(trace-id kept, parent = inbound parent-id)", observed, expected,
-                          **evidence)
+                          f"(trace-id kept, parent = inbound parent-id){wire}", observed,
+                          expected, **evidence)
 
 
 def _judge_outbound(view: View, r: RequestView, o: Outbound) -> list[str]:
@@ -105,37 +138,34 @@ def _judge_outbound(view: View, r: RequestView, o: Outbound) -> list[str]:
     exported = _spans_of_trace(view, tp.trace_id)
     if exported and tp.parent_id not in exported:
         problems.append(f"parent-id {tp.parent_id} is no span the SUT exported for the trace")
-    sent_ts = d.request_headers.get("tracestate")
-    if d.trace_id and sent_ts:
-        sent = parse_tracestate(sent_ts) or []
-        got = parse_tracestate(o.values("tracestate")) if o.values("tracestate") else []
-        got_keys = [k for k, _ in got or []]
-        missing = [f"{k}={v}" for k, v in sent if (k, v) not in (got or [])]
-        order_kept = [k for k in got_keys if k in dict(sent)] == [k for k, _ in sent
-                                                                 if k in got_keys]
-        if missing:
-            problems.append(f"tracestate not forwarded: {', '.join(missing)} missing")
-        elif not order_kept:
-            problems.append("tracestate members forwarded out of order")
+    if d.trace_id:  # with a new trace (no valid traceparent) the inbound tracestate goes too
+        problems += tracestate_problems(d.request_headers.get("tracestate"), o.values("tracestate"))
     return problems
 
 
 @check("TC-002")
 def outbound_carries_context(ctx: CheckContext) -> Finding:
     view = view_of(ctx)
-    fan = [r for r in view.requests if r.fanout]
+    fan = [r for r in view.requests if r.fanout or is_harness(r)]
     expected = {"outbound": "one valid traceparent, same trace-id, parent-id = a span of the "
-                            "SUT; tracestate members forwarded in order"}
+                            "SUT; tracestate members forwarded in order",
+                "harness": "one callback per url the harness endpoint was given"}
     if not fan:
         routes = fanout_routes(ctx.evidence.meta.scenario or {})
         return Finding.skipped("no request went to a fan-out route (scenario fanout.routes: "
                                f"{routes or 'none'}): no outbound call to check")
-    failures, witnessed, unwitnessed, calls = [], 0, [], 0
+    failures, witnessed, unwitnessed, calls, gaps = [], 0, [], 0, 0
     witnesses: dict[str, int] = defaultdict(int)
+    harness = [r for r in fan if is_harness(r)]
     for r in fan:
-        outs = r.witnesses
+        outs = outbound_of(ctx, r)
+        if is_harness(r) and (gap := callback_gap(ctx, r)):
+            gaps += 1
+            failures.append(r.ref(problems=[gap], witness=f"{SOURCE_DOWNSTREAM} ({HOW_CALLBACK})",
+                                  outbound="(none)", traceparent=[], tracestate=[]))
         if not outs:
-            unwitnessed.append(r)
+            if not is_harness(r):
+                unwitnessed.append(r)
             continue
         witnessed += 1
         for o in outs:
@@ -147,13 +177,14 @@ def outbound_carries_context(ctx: CheckContext) -> Finding:
     observed = {"fanout_requests": len(fan), "witnessed": witnessed,
                 "unwitnessed": len(unwitnessed), "outbound_calls": calls,
                 "calls_failing": len(failures), "witnesses": dict(witnesses),
-                "unattributed_downstream_records": len(view.unattributed)}
+                "harness_cases": len(harness), "harness_cases_missing_callbacks": gaps,
+                "unattributed_downstream_records": sum(not is_callback(x) for x in view.unattributed)}
     evidence = {"failures": failures[:SAMPLES],
                 "unwitnessed_samples": [r.ref() for r in unwitnessed[:SAMPLES]]}
     if failures:
         f = failures[0]
         return Finding.failed(
-            f"{len(failures)} of {calls} outbound calls break propagation, e.g. {f['case']}: "
+            f"{len(failures)} of {calls + gaps} outbound calls break propagation, e.g. {f['case']}: "
             f"sent {f['traceparent_sent']}, outbound ({f['witness']}) traceparent "
             f"{f['traceparent'] or '(none)'}: {f['problems'][0]}", observed, expected, **evidence)
     if not witnessed:
@@ -187,7 +218,8 @@ def invalid_traceparent_restarts(ctx: CheckContext) -> Finding:
             if r.span.parent_span_id and r.span.parent_span_id.lower() in pids:
                 problems.append(f"server span's parent is the invalid parent-id "
                                 f"{r.span.parent_span_id}")
-        for o in r.witnesses:
+        outs = outbound_of(ctx, r)
+        for o in outs:
             tp, _ = outbound_traceparent(o)
             if tp is None:
                 continue  # no or broken outbound traceparent: TC-002 says so
@@ -205,8 +237,7 @@ def invalid_traceparent_restarts(ctx: CheckContext) -> Finding:
             by_variant[variant]["judged"] += 1
         if problems:
             by_variant[variant]["failed"] += 1
-            failures.append(r.ref(problems=problems,
-                                  outbound=[_outbound_ref(o) for o in r.witnesses]))
+            failures.append(r.ref(problems=problems, outbound=[_outbound_ref(o) for o in outs]))
     observed = {"invalid_requests": len(invalid), "judged": judged, "failed": len(failures),
                 "by_variant": {k: dict(v) for k, v in sorted(by_variant.items())}}
     evidence = {"failures": failures[:SAMPLES],
@@ -240,7 +271,7 @@ def generated_trace_ids_valid_unique(ctx: CheckContext) -> Finding:
     invalid, seen = [], 0
     for r in started:
         ids = {s.trace_id for s in r.spans}
-        for o in r.witnesses:
+        for o in outbound_of(ctx, r):
             values = o.values("traceparent")
             if len(values) == 1 and len(values[0].split("-")) >= 2:
                 ids.add(values[0].strip().split("-")[1])
