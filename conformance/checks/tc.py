@@ -11,7 +11,7 @@ from typing import Any
 
 from agent.tracecontext import TraceParent, is_valid_trace_id, parse_traceparent
 from conformance.checks.tc_harness import (
-    HOW_CALLBACK, callback_gap, harness_callbacks, is_callback, is_harness, tracestate_problems,
+    HARNESS_SUFFIX, HOW_CALLBACK, callback_gap, harness_callbacks, is_callback, is_harness, tracestate_problems,
 )
 from conformance.model import Finding
 from conformance.registry import CheckContext, check
@@ -174,12 +174,15 @@ def outbound_carries_context(ctx: CheckContext) -> Finding:
             problems = _judge_outbound(view, r, o)
             if problems:
                 failures.append(r.ref(problems=problems, **_outbound_ref(o)))
+    harness_failures = [f for f in failures if f["case"].endswith(HARNESS_SUFFIX)]
     observed = {"fanout_requests": len(fan), "witnessed": witnessed,
                 "unwitnessed": len(unwitnessed), "outbound_calls": calls,
                 "calls_failing": len(failures), "witnesses": dict(witnesses),
                 "harness_cases": len(harness), "harness_cases_missing_callbacks": gaps,
+                "harness_calls_failing": len(harness_failures),
                 "unattributed_downstream_records": sum(not is_callback(x) for x in view.unattributed)}
     evidence = {"failures": failures[:SAMPLES],
+                "harness_failures": harness_failures[:SAMPLES],
                 "unwitnessed_samples": [r.ref() for r in unwitnessed[:SAMPLES]]}
     if failures:
         f = failures[0]
