@@ -14,6 +14,7 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 from .bizcode import LeakyBizCodeHolder, current_biz_code
 from .errcodes import ErrorResponder, ServiceError, load_catalogue
 from .faults import ActiveFaults
+from .harness import HarnessCaller, parse_actions
 from .logs import LOGGER_NAME
 from .middleware import InstrumentationMiddleware
 from .outbound import DownstreamError, InventoryClient
@@ -39,6 +40,7 @@ def create_app(telemetry: Telemetry, faults: ActiveFaults) -> Flask:
     downstream_url = os.environ.get("OBSCONFORM_DOWNSTREAM_URL", "").strip()
     inventory = InventoryClient(downstream_url, telemetry.tracer, faults) if downstream_url else None
     leaky = LeakyBizCodeHolder() if faults.leak_bizcode else None
+    harness = HarnessCaller(telemetry.tracer, faults)
 
     def outbound_biz_code() -> str:
         return leaky.current() if leaky is not None else current_biz_code()
@@ -127,6 +129,15 @@ def create_app(telemetry: Telemetry, faults: ActiveFaults) -> Flask:
     @app.get("/fanout")
     def fanout() -> Response:
         return jsonify(reservation=_reserve(1, 1, "ams-1"))
+
+    @app.post("/test")
+    def w3c_test_harness() -> Response:
+        """The W3C trace-context test-harness contract: call each url back, in order."""
+        try:
+            actions = parse_actions(request.get_json(force=True, silent=True))
+        except ValueError as exc:
+            raise ServiceError("REQUEST_INVALID", str(exc)) from None
+        return jsonify(results=[harness.call(a, outbound_biz_code()) for a in actions])
 
     app.wsgi_app = InstrumentationMiddleware(app, telemetry, faults)  # type: ignore[method-assign]
     return app

@@ -44,7 +44,8 @@ FAULTS: tuple[Fault, ...] = (
     ),
     Fault(
         "FAULT_BREAK_PROPAGATION", "break_propagation", "1",
-        "The outbound call carries no traceparent (nor tracestate).",
+        "Outbound calls (the fan-out and the W3C harness callbacks) carry no traceparent "
+        "(nor tracestate).",
         fails=("TC-002",),
         may_fail=("TC-003",),
     ),
@@ -115,7 +116,8 @@ FAULTS: tuple[Fault, ...] = (
     ),
     Fault(
         "FAULT_DROP_TRACESTATE", "drop_tracestate", "1",
-        "The outbound call carries traceparent but not the inbound tracestate.",
+        "Outbound calls (the fan-out and the W3C harness callbacks) carry traceparent but not "
+        "the inbound tracestate.",
         fails=("TC-002",),
     ),
 )
