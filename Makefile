@@ -20,7 +20,8 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml
 	@test -x $(PY) || /usr/bin/python3 -m venv --system-site-packages $(VENV)
 	@echo "setup: installing Python dependencies into $(VENV)" >&2
-	@$(PY) -m pip install -q --disable-pip-version-check -e '.[examples,test]'
+	@$(PY) -m pip install -q --disable-pip-version-check -e '.[examples,test]' > $(VENV)/pip.log 2>&1 \
+		|| { cat $(VENV)/pip.log >&2; echo "setup: pip install failed (log above)" >&2; exit 1; }
 	@touch $@
 
 demo: HOST_GROUPS = lint
