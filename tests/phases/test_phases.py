@@ -24,9 +24,12 @@ def ref():
     return S.from_file(SCENARIO_PATH)
 
 
+SINK = "http://127.0.0.1:9"
+
+
 @pytest.fixture(scope="module")
 def plan(ref):
-    return P.plan(ref, requests=30, concurrency=4)
+    return P.plan(ref, requests=30, concurrency=4, sink_url=SINK)
 
 
 def by_case(requests):

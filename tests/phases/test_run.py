@@ -28,7 +28,10 @@ DOWNSTREAM = ("POST", "/inventory/reserve")
 
 def contract_cases() -> set[str]:
     names = ["tc/valid", "tc/valid-unsampled", "tc/missing"] + [f"tc/invalid/{v}" for v in P.INVALID_TRACEPARENTS]
+    harness = names + ["tc/invalid/future-version-bad-delimiter", "tc/future-version", "tc/tracestate",
+                       "tc/tracestate-32-members", "tc/multiple-callbacks"]
     return (set(names) | {n + "@fanout" for n in names} | {"tc/tracestate@fanout"}
+            | {n + "@harness" for n in harness}
             | {"bc/present", "bc/padded", "bc/missing", "bc/concurrent", "load"}
             | {f"ec/{entry_wire_code(e)}" for e in CATALOGUE})
 
@@ -81,19 +84,36 @@ def test_every_fanout_case_left_a_downstream_record(cli_run):
     fanout = [r for r in ev.driver if r.path in ("/fanout", "/orders") and r.status in (200, 201)]
     assert {r.case for r in fanout} >= {c for c in contract_cases() if c.endswith("@fanout")} | {
         "bc/present", "bc/padded", "bc/missing", "bc/concurrent"}
-    assert all((d.method, d.path) == DOWNSTREAM for d in ev.downstream)
+    fanned = [d for d in ev.downstream if not d.path.startswith("/w3c/")]  # not harness callbacks
+    assert fanned and all((d.method, d.path) == DOWNSTREAM for d in fanned)
     # One at a time: exactly one outbound call inside each sequential request's window.
     for r in fanout:
         if r.case in ("bc/concurrent", "load"):
             continue
-        inside = [d for d in ev.downstream if r.t_send_ns <= d.t_ns <= r.t_recv_ns]
+        inside = [d for d in fanned if r.t_send_ns <= d.t_ns <= r.t_recv_ns]
         assert len(inside) == 1, (r.case, len(inside))
     # Concurrent ones: found by the propagated trace-id, carrying their own bizCode.
-    by_trace = {parse_traceparent(d.headers["traceparent"][0]).trace_id: d for d in ev.downstream}
+    by_trace = {parse_traceparent(d.headers["traceparent"][0]).trace_id: d for d in fanned}
     for r in fanout:
         if r.case == "bc/concurrent":
             sent = r.request_headers.get("x-biz-code", "default")
             assert by_trace[r.trace_id].headers["x-biz-code"] == [sent], r.seq
+
+
+def test_every_harness_case_was_called_back_inside_its_request(cli_run):
+    """The reference service's POST /test made each callback the case asked for, while the
+    driver waited for its answer, at the path naming the case."""
+    _, _, ev = cli_run
+    harness = [r for r in ev.driver if r.case.endswith("@harness")]
+    assert harness and all((r.method, r.path, r.status) == ("POST", "/test", 200) for r in harness)
+    for r in harness:
+        case = r.case.removesuffix("@harness")
+        got = sorted(d.path for d in ev.downstream if d.path.split("?")[0] == f"/w3c/{case}")
+        n = P.HARNESS_CALLBACKS if case == "tc/multiple-callbacks" else 1
+        assert got == [f"/w3c/{case}?call={i}&of={n}" for i in range(n)], case
+        calls = [d for d in ev.downstream if d.path.split("?")[0] == f"/w3c/{case}"]
+        assert all(r.t_send_ns <= d.t_ns <= r.t_recv_ns for d in calls), case
+        assert all(d.method == "POST" and d.body == "[]" for d in calls), case
 
 
 def test_scrapes_were_taken_before_during_and_after_in_both_formats(cli_run):
