@@ -90,10 +90,10 @@ def tracestate_problems(sent: str | None, got: list[str]) -> list[str]:
     """What breaks level 1 forwarding of the ``sent`` tracestate in an outbound call whose
     tracestate fields are ``got``.
 
-    A receiver MUST forward tracestate; it may add or update its own members, which go first
-    (3.5), and MUST keep the unmodified ones in their order; it may cut members only to stay
-    within 32 members or 512 characters, longer than 128 characters first, then from the right
-    (3.3.1.5). An inbound tracestate that is invalid may be dropped, so it is not judged.
+    A receiver MUST forward tracestate (3.5): unmodified members keep their order, a member
+    whose value it updates MUST move to the front, it SHOULD add its own at the front; it may
+    cut members only beyond 32 members or 512 characters, longer than 128 characters first,
+    then from the right (3.3.1.5). An invalid inbound tracestate may be dropped: not judged.
     """
     inbound = parse_tracestate(sent) if sent else None
     if not inbound:
@@ -104,36 +104,39 @@ def tracestate_problems(sent: str | None, got: list[str]) -> list[str]:
     if outbound is None:
         return [f"forwarded tracestate {', '.join(got)!r} is not valid (level 1 grammar)"]
     pos = {m: i for i, m in enumerate(inbound)}
-    # The longest tail of unmodified inbound members in inbound order; what precedes it is
-    # the SUT's own (added or updated) members.
-    split, last = len(outbound), len(inbound)
-    while split > 0 and pos.get(outbound[split - 1], last) < last:
-        split -= 1
-        last = pos[outbound[split]]
-    own, kept = outbound[:split], set(outbound[split:])
+    keys = {k for k, _ in inbound}
     problems = []
-    moved = [m for m in own if m in pos]
-    if moved:
-        problems.append(f"tracestate members forwarded out of order: {_names(moved)} moved "
-                        "ahead unmodified")
-    own_keys = {k for k, _ in own}
-    missing = [m for m in inbound if m not in kept and m not in own and m[0] not in own_keys]
-    missing = _beyond_allowed_cut(inbound, own, missing)
+    unmodified = [i for i, m in enumerate(outbound) if m in pos]
+    order = [pos[outbound[i]] for i in unmodified]
+    if order != sorted(order):
+        problems.append("tracestate members forwarded out of order: "
+                        f"{_names([outbound[i] for i in unmodified])}")
+    first = unmodified[0] if unmodified else len(outbound)
+    late = [m for m in outbound[first:] if m[0] in keys and m not in pos]
+    if late:
+        problems.append(f"updated tracestate member(s) {_names(late)} not moved to the front")
+    out_keys = {k for k, _ in outbound}
+    missing = [m for m in inbound if m[0] not in out_keys]
+    missing = _beyond_allowed_cut(inbound, outbound, missing)
     if missing:
         problems.append(f"tracestate not forwarded: {_names(missing)} missing")
     return problems
 
 
-def _beyond_allowed_cut(inbound: list[tuple[str, str]], own: list[tuple[str, str]],
+def _member_chars(members: list[tuple[str, str]]) -> int:
+    return len(",".join(f"{k}={v}" for k, v in members))
+
+
+def _beyond_allowed_cut(inbound: list[tuple[str, str]], outbound: list[tuple[str, str]],
                         missing: list[tuple[str, str]]) -> list[tuple[str, str]]:
     """The missing members a permitted truncation does not explain."""
-    own_keys = {k for k, _ in own}
-    candidates = own + [m for m in inbound if m[0] not in own_keys]
-    size = len(",".join(f"{k}={v}" for k, v in candidates))
-    if not missing or (len(candidates) <= TRACESTATE_MAX_MEMBERS and size <= TRACESTATE_KEEP_CHARS):
+    uncut = outbound + missing  # what the SUT would have sent without cutting
+    if not missing or (len(uncut) <= TRACESTATE_MAX_MEMBERS
+                       and _member_chars(uncut) <= TRACESTATE_KEEP_CHARS):
         return missing
-    long = {m for m in missing if len(m[0]) + 1 + len(m[1]) > TRACESTATE_LONG_MEMBER}
+    long = {m for m in missing if _member_chars([m]) > TRACESTATE_LONG_MEMBER}
     short = [m for m in missing if m not in long]
-    # Short members may only go from the right end of what remained.
-    rest = [m for m in inbound if m[0] not in own_keys and m not in long]
+    # Short members may only go from the right end of what was left of the inbound list.
+    out_keys = {k for k, _ in outbound}
+    rest = [m for m in inbound if m not in long and m[0] not in out_keys]
     return [] if short == rest[len(rest) - len(short):] else short
