@@ -136,7 +136,8 @@ def _beyond_allowed_cut(inbound: list[tuple[str, str]], outbound: list[tuple[str
         return missing
     long = {m for m in missing if _member_chars([m]) > TRACESTATE_LONG_MEMBER}
     short = [m for m in missing if m not in long]
-    # Short members may only go from the right end of what was left of the inbound list.
-    out_keys = {k for k, _ in outbound}
-    rest = [m for m in inbound if m not in long and m[0] not in out_keys]
+    # Short members may only go from the right end of the inbound list (members the SUT
+    # updated and long ones aside).
+    updated = {k for k, v in outbound} - {k for k, v in outbound if (k, v) in inbound}
+    rest = [m for m in inbound if m not in long and m[0] not in updated]
     return [] if short == rest[len(rest) - len(short):] else short
