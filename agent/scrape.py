@@ -26,8 +26,13 @@ ACCEPT_PROMETHEUS = "text/plain;version=0.0.4;q=1.0,*/*;q=0.1"
 DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
 
 
+# A series counts requests when one of its labels is named like an HTTP dimension; runtime
+# counters (process CPU, GC) change on their own and would never let a scrape settle.
+_HTTP_LABEL_PARTS = ("method", "status", "code", "route", "handler", "path", "endpoint", "target")
+
+
 def _request_counts(body: bytes, metrics_path: str) -> dict | None:
-    """Counter and histogram-count samples of a text exposition, minus the scrape's own series."""
+    """Request-counting samples of a text exposition, minus the scrape's own series."""
     expo = parse_exposition(body.decode("utf-8", "replace"), "text/plain; version=0.0.4")
     if expo.error:
         return None
@@ -36,6 +41,7 @@ def _request_counts(body: bytes, metrics_path: str) -> dict | None:
         for fam in expo.families if fam.type in ("counter", "histogram", "summary")
         for s in fam.samples
         if (fam.type == "counter" or s.name.endswith("_count")) and not s.name.endswith("_created")
+        and any(part in name.lower() for name in s.labels for part in _HTTP_LABEL_PARTS)
         and metrics_path not in s.labels.values()
     }
 

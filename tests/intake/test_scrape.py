@@ -124,12 +124,15 @@ class _CountingExporter:
 
         self.registry = CollectorRegistry()
         self.requests = Counter("app_requests", "requests", ["handler"], registry=self.registry)
+        # A runtime counter that changes on every scrape, like process_cpu_seconds_total.
+        self.ticks = Counter("process_ticks", "changes on its own", registry=self.registry)
         self.done = threading.Event()
-        registry, requests = self.registry, self.requests
+        registry, requests, ticks = self.registry, self.requests, self.ticks
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 requests.labels("/metrics").inc()
+                ticks.inc()
                 body = generate_latest(registry)
                 self.send_response(200)
                 self.send_header("Content-Type", "text/plain; version=0.0.4")
