@@ -111,7 +111,7 @@ def now_rfc3339() -> str:
 def new_run_dir(out_dir: Path) -> tuple[str, Path]:
     run_id = str(uuid.uuid4())
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    run_dir = Path(out_dir) / "runs" / f"{stamp}-{run_id[:8]}"
+    run_dir = Path(out_dir).resolve() / "runs" / f"{stamp}-{run_id[:8]}"  # absolute: reports name it
     run_dir.mkdir(parents=True, exist_ok=False)
     return run_id, run_dir
 
@@ -280,7 +280,7 @@ def judge(run_dir: Path, out_dir: Path, *, junit: Path | None = None, checks: li
     """Evaluate a run directory and write its report (also used by `analyze`)."""
     import conformance
 
-    evidence = load_evidence(run_dir)
+    evidence = load_evidence(Path(run_dir).resolve())
     results = conformance.evaluate(evidence, select=checks)
     report = conformance.build_report(evidence, results, tool_version=__version__)
     report_path = run_dir / REPORT_NAME
