@@ -36,8 +36,7 @@ def _summary(name: str, fig: dict) -> str:
                 f"full speed {fig['full_speed']['rate_per_s']}/s traced vs {fig['full_speed']['untraced_rate_per_s']}/s")
     if name == "drift":
         errs = ", ".join(f"D={r['delay_ms']}ms {r['error_vs_D_us']}us" for r in fig["runs"][1:])
-        return f"drift: |median(D)-median(0)-D| {errs} (goal {fig['goal_us']} us; vs measured sleep max " \
-               f"{fig['max_error_vs_sleep_us']} us)"
+        return f"drift: |median(D)-median(0)-D| {errs} (goal {fig['goal_us']} us)"
     return name
 
 
