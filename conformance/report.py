@@ -44,14 +44,14 @@ def exit_code(verdict: str) -> int:
             from None
 
 
-def decide_verdict(checks: Iterable[dict[str, Any]], catalogue: Catalogue | None = None
-                   ) -> tuple[str, str, list[str]]:
+def decide_verdict(checks: Iterable[dict[str, Any]], catalogue: Catalogue | None = None, *,
+                   ebpf: bool = True) -> tuple[str, str, list[str]]:
     """(verdict, one-line reason, MUST ids of the catalogue absent from ``checks``).
 
-    Over the checks in the report: compliant iff every MUST passed; non_compliant iff a
-    MUST failed; else inconclusive. A skipped MUST (not implemented, not applicable) is
-    unverified, not passed. MUSTs the user did not select are outside the run's scope: they
-    are listed, named in the reason, and cannot fail or pass the run.
+    SPEC §6: compliant iff EVERY MUST of the catalogue passed; non_compliant iff a MUST
+    failed; else inconclusive. A skipped MUST (not implemented, not applicable) and a MUST
+    the user did not select are unverified, not passed: at best inconclusive. SPEC §3: a run
+    without eBPF (degraded mode) can never be compliant.
     """
     catalogue = catalogue or load_catalogue()
     checks = list(checks)
@@ -70,12 +70,15 @@ def decide_verdict(checks: Iterable[dict[str, Any]], catalogue: Catalogue | None
                          f"({_ids(by_status['inconclusive'])})")
     if by_status["skip"]:
         unsettled.append(f"{len(by_status['skip'])} MUST skipped ({_ids(by_status['skip'])})")
-    if unsettled:
-        return INCONCLUSIVE, "no MUST failed, but " + "; ".join(unsettled) + scope, absent
+    if absent:
+        unsettled.append(f"{len(absent)} MUST not selected ({_ids(absent)})")
+    if not ebpf:
+        unsettled.append("degraded mode (no eBPF): kernel truth was not observed")
     if not musts:
-        return INCONCLUSIVE, f"no MUST check was evaluated{scope}", absent
-    selected = " selected" if absent else ""
-    return COMPLIANT, f"all {len(musts)}{selected} MUST checks passed{scope}", absent
+        return INCONCLUSIVE, "; ".join(["no MUST check was evaluated", *unsettled]), absent
+    if unsettled:
+        return INCONCLUSIVE, "no MUST failed, but " + "; ".join(unsettled), absent
+    return COMPLIANT, f"all {len(musts)} MUST checks passed", absent
 
 
 def _ids(ids: list[str], limit: int = 4) -> str:
@@ -248,7 +251,7 @@ def build_report(evidence: Evidence, results: list[CheckResult], *, tool_version
     meta = evidence.meta
     checks = [r.to_dict() for r in results]
     by_id = {c["id"]: c for c in checks}
-    verdict, reason, absent = decide_verdict(checks, catalogue)
+    verdict, reason, absent = decide_verdict(checks, catalogue, ebpf=bool(meta.ebpf))
     started = started_at or meta.started_at or None
     finished = finished_at or meta.finished_at or None
     run: dict[str, Any] = {

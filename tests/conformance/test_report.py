@@ -33,31 +33,65 @@ def _checks(*statuses):
 
 
 VERDICTS = [
-    # (KT-001 MUST, KT-002 MUST, KT-004 SHOULD) → verdict
-    (("pass", "pass", "pass"), "compliant"),
-    (("pass", "pass", "fail"), "compliant"),  # SHOULD failures never change the verdict
-    (("pass", "pass", "inconclusive"), "compliant"),
-    (("fail", "pass", "pass"), "non_compliant"),
-    (("fail", "inconclusive", "pass"), "non_compliant"),  # a failure beats inconclusive
-    (("fail", "skip", "pass"), "non_compliant"),
-    (("inconclusive", "pass", "pass"), "inconclusive"),
-    (("skip", "pass", "pass"), "inconclusive"),  # unverified MUST: never compliant
-    (("pass", None, "pass"), "compliant"),  # verdict scoped to the selected MUSTs
-    ((None, None, "pass"), "inconclusive"),
+    # (KT-001 MUST, KT-002 MUST, KT-004 SHOULD), eBPF on → verdict
+    (("pass", "pass", "pass"), True, "compliant"),
+    (("pass", "pass", "fail"), True, "compliant"),  # SHOULD failures never change the verdict
+    (("pass", "pass", "inconclusive"), True, "compliant"),
+    (("fail", "pass", "pass"), True, "non_compliant"),
+    (("fail", "inconclusive", "pass"), True, "non_compliant"),  # a failure beats inconclusive
+    (("fail", "skip", "pass"), True, "non_compliant"),
+    (("fail", None, "pass"), True, "non_compliant"),  # a selected MUST failed: that is enough
+    (("inconclusive", "pass", "pass"), True, "inconclusive"),
+    (("skip", "pass", "pass"), True, "inconclusive"),  # unverified MUST: never compliant
+    (("pass", None, "pass"), True, "inconclusive"),  # a MUST not selected is unverified too
+    ((None, None, "pass"), True, "inconclusive"),
+    (("pass", "pass", "pass"), False, "inconclusive"),  # degraded mode: never compliant
+    (("fail", "pass", "pass"), False, "non_compliant"),
 ]
 
 
-@pytest.mark.parametrize("statuses, verdict", VERDICTS,
-                         ids=["-".join(s or "absent" for s in st) for st, _ in VERDICTS])
-def test_verdict_rules(statuses, verdict):
-    got, reason, _ = decide_verdict(_checks(*statuses), TINY)
+@pytest.mark.parametrize("statuses, ebpf, verdict", VERDICTS,
+                         ids=["-".join(s or "absent" for s in st) + ("" if e else "-degraded")
+                              for st, e, _ in VERDICTS])
+def test_verdict_rules(statuses, ebpf, verdict):
+    got, reason, _ = decide_verdict(_checks(*statuses), TINY, ebpf=ebpf)
     assert got == verdict, reason
 
 
-def test_a_partial_selection_says_what_the_verdict_does_not_cover():
-    verdict, reason, absent = decide_verdict(_checks("pass", None, "pass"), TINY)
-    assert absent == ["KT-002"]
-    assert reason == "all 1 selected MUST checks passed; 1 MUST not selected (KT-002)"
+@pytest.mark.parametrize("statuses, ebpf, reason", [
+    (("pass", None, "pass"), True, "no MUST failed, but 1 MUST not selected (KT-002)"),
+    (("pass", "pass", "pass"), False,
+     "no MUST failed, but degraded mode (no eBPF): kernel truth was not observed"),
+    (("fail", None, "pass"), True, "MUST failed: KT-001; 1 MUST not selected (KT-002)"),
+    ((None, None, "pass"), True, "no MUST check was evaluated; 2 MUST not selected (KT-001, KT-002)"),
+], ids=["partial-selection", "degraded", "partial-failure", "no-must"])
+def test_the_verdict_reason_says_what_the_verdict_does_not_cover(statuses, ebpf, reason):
+    verdict, got, absent = decide_verdict(_checks(*statuses), TINY, ebpf=ebpf)
+    assert got == reason
+    assert absent == [i for i, s in zip(("KT-001", "KT-002"), statuses) if s is None]
+
+
+def test_a_check_subset_of_an_honest_run_is_inconclusive_not_compliant(run):
+    b = run()
+    for i in range(3):
+        b.request(Req(path=f"/items/{i}"))
+    ev = b.build()
+    rep = build_report(ev, evaluate(ev, select=["TC-001", "SC-003"]), tool_version="0.1.0")
+    assert [c["status"] for c in rep["checks"]] == ["pass", "pass"]
+    assert rep["summary"]["verdict"] == "inconclusive" and exit_code("inconclusive") == 3
+    assert "KT-001" in rep["summary"]["not_evaluated"]
+    assert "MUST not selected" in rep["summary"]["verdict_reason"]
+
+
+def test_a_degraded_run_is_never_compliant_even_with_only_non_kernel_checks(run):
+    b = run(ebpf=False, kernel_stats={}, degraded_reason="--no-ebpf")
+    for i in range(3):
+        b.request(Req(path=f"/items/{i}"))
+    ev = b.build()
+    rep = build_report(ev, evaluate(ev, select=["TC-001", "SC-003"]), tool_version="0.1.0")
+    assert [c["status"] for c in rep["checks"]] == ["pass", "pass"]
+    assert rep["summary"]["verdict"] == "inconclusive"
+    assert "degraded mode" in rep["summary"]["verdict_reason"]
 
 
 @pytest.mark.parametrize("verdict, code", [("compliant", 0), ("non_compliant", 2),
