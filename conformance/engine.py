@@ -3,7 +3,7 @@
 Gates, in order: a check the catalogue marks unimplemented (or with no registered function)
 is ``skip`` "not implemented in this version"; a check that needs kernel truth is
 ``inconclusive`` when the run had no eBPF or the agent lost or did not report its loss
-counters (KT-007 alone still runs on loss, and fails); a check that raises is
+counters (KT-007 alone still runs on loss, to name the counters: inconclusive too); a check that raises is
 ``inconclusive`` with the error, so one broken check never takes the report down. Only
 bad input (unknown check ids, bad thresholds) raises, as InputError.
 """

@@ -104,7 +104,7 @@ def test_loss_outside_the_named_counters_makes_kernel_truth_inconclusive(tmp_pat
     status = {c["id"]: c["status"] for c in rep["checks"]}
     assert status["KT-001"] == "inconclusive" and status["KT-003"] == "inconclusive"
     kt7 = next(c for c in rep["checks"] if c["id"] == "KT-007")
-    assert kt7["status"] == "fail" and kt7["observed"]["other_loss"] == 2
+    assert kt7["status"] == "inconclusive" and kt7["observed"]["other_loss"] == 2
     assert rep["measurements"]["kernel"]["loss"] == 2
 
 
@@ -117,6 +117,6 @@ def test_loss_outside_the_named_counters_makes_kernel_truth_inconclusive(tmp_pat
 def test_every_kind_of_kernel_loss_is_seen_by_the_gate(tmp_path, kernel, key, value):
     rep = report_for(tmp_path, collector_stats(kernel=kernel), clock())
     kt7 = next(c for c in rep["checks"] if c["id"] == "KT-007")
-    assert (kt7["status"], kt7["observed"][key]) == ("fail", value)
+    assert (kt7["status"], kt7["observed"][key]) == ("inconclusive", value)
     assert "other_loss" not in kt7["observed"], "the named counters explain all of it"
     assert next(c for c in rep["checks"] if c["id"] == "KT-001")["status"] == "inconclusive"
