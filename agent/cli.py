@@ -284,7 +284,21 @@ def report_html(file: Path, output: Path | None, evidence: Path | None) -> None:
 
 
 def main() -> None:
-    cli(prog_name="obsconform")
+    # Usage errors exit 1 like every other harness error (click's own code 2 would read as
+    # "non-compliant" to a CI gate) and say it in one line.
+    try:
+        code = cli.main(prog_name="obsconform", standalone_mode=False)
+    except click.exceptions.NoArgsIsHelpError as e:  # a bare group: show its help
+        click.echo(e.format_message())
+        sys.exit(0)
+    except click.UsageError as e:
+        where = f"obsconform {e.ctx.command_path.split(' ', 1)[1]}" if e.ctx and " " in e.ctx.command_path else "obsconform"
+        _fail(f"{e.format_message()} (see `{where} --help`)")
+    except click.ClickException as e:
+        _fail(e.format_message())
+    except click.exceptions.Abort:
+        _fail("aborted")
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

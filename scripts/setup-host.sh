@@ -12,7 +12,7 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 declare -A GROUP=(
-  [core]="bpfcc-tools python3-bpfcc linux-headers-amd64 bpftool python3-venv iproute2"
+  [core]="bpfcc-tools python3-bpfcc linux-headers-amd64 bpftool python3-venv iproute2 openssl"
   [lint]="prometheus"
   [bench]="nginx-light wrk linux-perf"
   [report]="chromium"
@@ -31,10 +31,28 @@ if [ ${#missing[@]} -gt 0 ]; then
   log "installing Debian packages: ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
   # Services must not start from a package's postinst (nginx, prometheus): we start our own.
+  # A policy-rc.d the host already had is put back on every exit path.
+  [ -e /usr/sbin/policy-rc.d ] && cp -p /usr/sbin/policy-rc.d /usr/sbin/policy-rc.d.obsconform-saved
+  restore_policy() {
+    if [ -e /usr/sbin/policy-rc.d.obsconform-saved ]; then
+      mv -f /usr/sbin/policy-rc.d.obsconform-saved /usr/sbin/policy-rc.d
+    else
+      rm -f /usr/sbin/policy-rc.d
+    fi
+  }
+  trap restore_policy EXIT
   printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-  rm -f /usr/sbin/policy-rc.d
+  restore_policy
+  trap - EXIT
+  # Installed for their tools (promtool, nginx and wrk for benchmarks), not as services that
+  # would listen on every interface at the next boot.
+  for unit in prometheus nginx; do
+    if command -v systemctl >/dev/null && systemctl list-unit-files "$unit.service" >/dev/null 2>&1; then
+      systemctl disable "$unit.service" >/dev/null 2>&1 || true
+    fi
+  done
 fi
 
 # bcc compiles against kernel headers. This kernel ships none, so point the module

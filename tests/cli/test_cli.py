@@ -52,3 +52,17 @@ def test_report_validate_names_a_missing_field(tmp_path):
     p = cli("report", "validate", str(f))
     assert p.returncode == 1
     assert "report_id" in p.stderr
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["run", "--requests", "abc", "--url", "http://127.0.0.1:1", "--pid", "1"], "'abc' is not a valid integer"),
+    (["run", "--pid", "1"], "Missing option '--url'"),
+    (["no-such-command"], "No such command"),
+    (["run", "--url", "http://127.0.0.1:1", "--pid", "1", "--capture-bytes", "9"], "--capture-bytes"),
+], ids=["bad-int", "missing-url", "unknown-command", "out-of-range"])
+def test_usage_errors_exit_1_in_one_line_never_2(argv, fragment):
+    # Exit 2 means non-compliant to a CI gate: a typo must never read as that.
+    p = cli(*argv)
+    assert p.returncode == 1, p.stderr
+    lines = [l for l in p.stderr.splitlines() if l.strip()]
+    assert len(lines) == 1 and lines[0].startswith("obsconform: error:") and fragment in lines[0], p.stderr
