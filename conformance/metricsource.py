@@ -76,6 +76,10 @@ class Series:
     # cumulative stream without an export before the window counts everything its process
     # recorded (0): its start_ns is its first recording, after that request had started.
     counted_since_ns: int | None = None
+    # OTLP: per key, the last time its streams were exported; a request answered later
+    # cannot be in the counts. ``last_export_ns`` is the latest of all (keys with no stream).
+    until_ns: dict[Key, int] = field(default_factory=dict)
+    last_export_ns: int | None = None
 
     @property
     def dims(self) -> list[str]:
@@ -180,6 +184,7 @@ def otlp_series(points: list[MetricPoint], window_start_ns: int) -> Series | Non
 
     Cumulative streams: last count minus the last count exported at or before the window
     start (0 when the stream started later). Delta points: summed when they end after it.
+    ``until_ns`` says, per key, when the counts were last exported.
     """
     for name in OTLP_NAMES:
         chosen = [p for p in points if p.name == name and p.count is not None]
@@ -205,9 +210,17 @@ def otlp_series(points: list[MetricPoint], window_start_ns: int) -> Series | Non
         streams[(cumulative, p.start_ns if cumulative else 0, labels_key(_str(p.attributes)),
                  labels_key(_str(p.resource)), p.scope)].append(p)
     rows: list[tuple[dict[str, Any], float]] = []
+    until: list[int] = []
+    # A delta stream is exported only when it has new data: its SDK's last export of the
+    # metric (same resource and scope) bounds what it could have counted, not its own.
+    exported: dict[tuple, int] = defaultdict(int)
+    for p in chosen:
+        sdk = (labels_key(_str(p.resource)), p.scope)
+        exported[sdk] = max(exported[sdk], p.time_ns)
     unknown_baseline = 0
-    for (cumulative, start_ns, *_), group in streams.items():
+    for (cumulative, start_ns, _attrs, resource, scope), group in streams.items():
         group.sort(key=lambda p: p.time_ns)
+        until.append(group[-1].time_ns if cumulative else exported[(resource, scope)])
         if cumulative:
             base = [p for p in group if p.time_ns <= window_start_ns]
             baseline = float(base[-1].count or 0) if base else 0.0
@@ -226,6 +239,10 @@ def otlp_series(points: list[MetricPoint], window_start_ns: int) -> Series | Non
                          "load: counted from the stream start")
         out.counted_since_ns = 0
     _project(out, rows)
+    for (attrs, _), t in zip(rows, until):
+        key = series_key(out, attrs.get("method"), attrs.get("route"), attrs.get("status"))
+        out.until_ns[key] = max(out.until_ns.get(key, 0), t)
+    out.last_export_ns = max(until, default=None)
     return out
 
 

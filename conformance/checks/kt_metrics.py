@@ -55,6 +55,14 @@ def compare(series: Series, under_test: list[KernelRequest], agent: list[KernelR
     def key_of(k: KernelRequest) -> Key:
         return series_key(series, k.method, route_of(k) if has_route else None, k.status)
 
+    late: list[KernelRequest] = []
+    if series.last_export_ns is not None:  # OTLP: what was answered after its key's last
+        def exported(k: KernelRequest) -> bool:  # export cannot be in the counts
+            until = series.until_ns.get(key_of(k), series.last_export_ns)
+            return (k.t_resp_last or k.t_req_first) <= until
+        late = [k for k in under_test if not exported(k)]
+        under_test = [k for k in under_test if exported(k)]
+        agent = [k for k in agent if exported(k)]
     kernel = Counter(key_of(k) for k in under_test)
     agent_counts: Counter[Key] = Counter()
     if has_route:
@@ -96,6 +104,13 @@ def compare(series: Series, under_test: list[KernelRequest], agent: list[KernelR
         "series": len(set(counts) | set(kernel)), "mismatched_series": len(mismatches),
         "excluded_routes": excluded,
     }
+    if late:
+        last = max(k.t_resp_last or k.t_req_first for k in late)
+        observed["answered_after_last_export"] = len(late)
+        notes.append(f"the last export of {series.metric} predates the last answered request "
+                     f"by {(last - (series.last_export_ns or 0)) / 1e6:.1f} ms: {len(late)} "
+                     "request(s) answered after their series' last export are not compared "
+                     "(does the SUT flush its metrics at shutdown?)")
     return Comparison(observed, mismatches, notes, kernel, counts)
 
 

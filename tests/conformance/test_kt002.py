@@ -234,3 +234,49 @@ def test_agent_requests_to_a_separate_metrics_server_are_not_expected_in_the_cou
     r = kt002(b.build())
     assert r.status == status, (r.message, r.evidence)
     assert r.observed["otlp"]["kernel_count"] == 4
+
+
+def _point(b, t, n, status=200, temporality="CUMULATIVE", start_ns=None):
+    attrs = {"http.request.method": "GET", "http.route": "/items/{id}",
+             "http.response.status_code": status}
+    b.points.append(MetricPoint(
+        name="http.server.request.duration", kind="histogram", unit="s", attributes=attrs,
+        resource={"service.name": "svc"}, start_ns=start_ns if start_ns is not None else t,
+        time_ns=t, count=n, sum=0.01 * n, temporality=temporality))
+
+
+# A periodic reader exported once mid-load and the SUT did not flush at exit: the requests
+# answered after that export cannot be in it. Those before it still must be.
+@pytest.mark.parametrize("counted, status", [(6, Status.PASS), (5, Status.FAIL)],
+                         ids=["counted-up-to-the-last-export", "missed-one-before-the-export"])
+def test_otlp_requests_answered_after_the_last_export_are_not_compared(run, counted, status):
+    b = run()
+    start = b.t - 1000 * MS
+    for i in range(6):
+        b.request(Req(path=f"/items/{i}"))
+    _point(b, b.t, counted, start_ns=start)
+    for i in range(6):
+        b.request(Req(path=f"/items/{i}"))
+    r = kt002(b.build())
+    assert r.status == status, (r.message, r.evidence)
+    otlp = r.observed["otlp"]
+    assert otlp["kernel_count"] == 6 and otlp["answered_after_last_export"] == 6
+    assert any("predates the last answered request" in n and "6 request(s)" in n
+               for n in r.evidence["notes"]), r.evidence["notes"]
+
+
+def test_a_delta_stream_silent_while_its_sdk_exported_later_still_fails(run):
+    """Delta streams export only with new data: the SDK's later export of another status
+    bounds what the 200 stream should hold, so its 2 unexported requests are a loss."""
+    b = run()
+    for i in range(3):
+        b.request(Req(path=f"/items/{i}"))
+    _point(b, b.t, 3, temporality="DELTA")
+    for i in range(2):
+        b.request(Req(path=f"/items/{i}"))
+    b.request(Req(path="/items/9", status=404))
+    _point(b, b.t, 1, status=404, temporality="DELTA")
+    r = kt002(b.build())
+    assert r.status == Status.FAIL, (r.message, r.evidence)
+    (m,) = r.evidence["mismatches"]
+    assert (m["status"], m["kernel"], m["metric"]) == ("200", 5, 3)
