@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import socket
 import threading
@@ -10,7 +11,7 @@ from functools import lru_cache
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import metadata
 
-from agent.errors import ObsconformError
+from agent.errors import InputError, ObsconformError
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,22 @@ def tool_version() -> str:
 def user_agent(prefix: str) -> str:
     """``prefix/<version>``, e.g. ``obsconform-agent/0.1.0``."""
     return f"{prefix}/{tool_version()}"
+
+
+def parse_listen(value: str, option: str, example: str = "127.0.0.1:4318") -> tuple[str, int]:
+    """``HOST:PORT`` or ``[V6]:PORT`` with an IP literal (or ``localhost``) → (host, port);
+    port 0 means any free port. InputError names ``option`` when the value is malformed."""
+    host, sep, port_s = value.rpartition(":")
+    if not sep or not port_s.isdigit() or not 0 <= int(port_s) <= 65535:
+        raise InputError(f"{option} {value!r}: give HOST:PORT, e.g. {example}")
+    host = host.strip("[]")
+    if host == "localhost":
+        host = "127.0.0.1"
+    try:
+        ipaddress.ip_address(host)
+    except ValueError as e:
+        raise InputError(f"{option} {value!r}: the host must be an IP address, e.g. {example}") from e
+    return host, int(port_s)
 
 
 class BodyError(ValueError):

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Callable
 
 from agent import __version__
+from agent._http import parse_listen
 from agent import scenario as scenario_mod
 from agent.errors import InputError, ObsconformError, ProbeError
 from agent.evidence import EvidenceWriter, RunMeta, load_evidence
@@ -29,6 +30,10 @@ DEFAULT_SETTLE_QUIET_S = 1.0
 DEFAULT_SETTLE_TIMEOUT_S = 15.0
 # On top of the SUT's span export delay: one export's own time and scheduling jitter.
 EXPORT_MARGIN_S = 0.5
+# Where the OTLP receiver listens when the SUT is already running (--pid/--port/--cgroup, daemon
+# runs): the OTLP/HTTP default its exporters post to. An --exec SUT is told a free port instead.
+DEFAULT_OTLP_LISTEN = "127.0.0.1:4318"
+ANY_LOOPBACK_PORT = "127.0.0.1:0"
 
 
 @dataclass
@@ -55,6 +60,8 @@ class RunConfig:
     scenario_file: Path | None = None  # --scenario
     catalog: Path | None = None  # --catalog: overrides the scenario's catalogue
     profile: str = DEFAULT_PROFILE
+    otlp_listen: str | None = None  # --otlp-listen HOST:PORT (default: see otlp_address)
+    sink_listen: str | None = None  # --sink-listen HOST:PORT (default: a free loopback port)
 
     def validate(self) -> None:
         if sum(x is not None for x in (self.exec_cmd, self.pid, self.port, self.cgroup)) != 1:
@@ -74,12 +81,22 @@ class RunConfig:
             raise InputError("--max-connections must be between 64 and 4194304")
         if self.profile not in PROFILES:
             raise InputError(f"--profile {self.profile!r} is not supported; supported: {', '.join(PROFILES)}")
+        self.otlp_address()
+        self.sink_address()
         given = [n for n, v in (("--scenario", self.scenario_file), ("an inline scenario", self.scenario),
                                 ("--path", self.paths)) if v]
         if len(given) > 1:
             raise InputError(f"give only one of {' and '.join(given)} (a scenario's load mix says what to request)")
         if not self.no_ebpf and os.geteuid() != 0:
             raise ProbeError("eBPF probes need root: run with sudo, or pass --no-ebpf for a degraded run")
+
+    def otlp_address(self) -> tuple[str, int]:
+        """The receiver's (host, port): --otlp-listen, else 4318 for a running SUT, a free port for --exec."""
+        default = ANY_LOOPBACK_PORT if self.exec_cmd else DEFAULT_OTLP_LISTEN
+        return parse_listen(self.otlp_listen or default, "--otlp-listen", DEFAULT_OTLP_LISTEN)
+
+    def sink_address(self) -> tuple[str, int]:
+        return parse_listen(self.sink_listen or ANY_LOOPBACK_PORT, "--sink-listen", "127.0.0.1:8099")
 
     def resolved_scenario(self) -> dict:
         """The validated scenario as stored in RunMeta.scenario (InputError when malformed)."""
@@ -178,6 +195,17 @@ def _start_probes(cfg: RunConfig, meta: RunMeta, writer: EvidenceWriter, stack: 
     return collector
 
 
+def _listen(server, option: str, addr: tuple[str, int], points: str) -> None:
+    """Start a receiver or sink; a busy or forbidden address is one line naming the option."""
+    try:
+        server.start()
+    except ObsconformError as e:
+        cause = e.__cause__
+        why = getattr(cause, "strerror", None) or cause or e
+        raise InputError(f"{option} {addr[0]}:{addr[1]}: cannot listen ({why}); free that port or give "
+                         f"{option} another HOST:PORT ({points} must point there)") from e
+
+
 def _collect(cfg: RunConfig, meta: RunMeta, writer: EvidenceWriter, stack: contextlib.ExitStack,
              progress: Progress, metrics_url: str | None) -> None:
     from agent.downstream import DownstreamSink
@@ -192,12 +220,14 @@ def _collect(cfg: RunConfig, meta: RunMeta, writer: EvidenceWriter, stack: conte
 
     host, port = host_port(cfg.url)
     target = None if cfg.exec_cmd else resolve_target(cfg.pid, cfg.port, cfg.cgroup)  # fails fast
-    receiver = OtlpReceiver(writer)
-    receiver.start()
+    receiver = OtlpReceiver(writer, *cfg.otlp_address())
+    _listen(receiver, "--otlp-listen", cfg.otlp_address(), "the SUT's OTEL_EXPORTER_OTLP_ENDPOINT")
     stack.callback(receiver.stop)
-    sink = DownstreamSink(writer)
-    sink.start()
+    sink = DownstreamSink(writer, *cfg.sink_address())
+    _listen(sink, "--sink-listen", cfg.sink_address(), "the SUT's downstream URL")
     stack.callback(sink.stop)
+    meta.target.update({"otlp_endpoint": receiver.endpoint, "downstream_url": sink.url})
+    progress(f"OTLP receiver at {receiver.endpoint}; downstream sink at {sink.url}")
 
     collector = _start_probes(cfg, meta, writer, stack, progress)
 

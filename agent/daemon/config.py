@@ -11,6 +11,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent import _http
 from agent.errors import InputError, ObsconformError
 
 log = logging.getLogger(__name__)
@@ -52,17 +53,7 @@ class DaemonConfig:
 
 def parse_listen(listen: str) -> tuple[str, int]:
     """``HOST:PORT`` or ``[V6]:PORT`` with an IP literal (or ``localhost``) → (host, port)."""
-    host, sep, port_s = listen.rpartition(":")
-    if not sep or not port_s.isdigit() or not 0 <= int(port_s) <= 65535:
-        raise InputError(f"--listen {listen!r}: give HOST:PORT, e.g. {DEFAULT_LISTEN}")
-    host = host.strip("[]")
-    if host == "localhost":
-        host = "127.0.0.1"
-    try:
-        ipaddress.ip_address(host)
-    except ValueError as e:
-        raise InputError(f"--listen {listen!r}: the host must be an IP address, e.g. {DEFAULT_LISTEN}") from e
-    return host, int(port_s)
+    return _http.parse_listen(listen, "--listen", DEFAULT_LISTEN)
 
 
 def is_loopback(host: str) -> bool:

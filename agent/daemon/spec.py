@@ -7,6 +7,8 @@ import json
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from agent._http import parse_listen
+from agent.errors import InputError
 from agent.schemas import load_schema, validator
 
 SCHEMA_PATH = Path(__file__).with_name("run-spec.schema.json")
@@ -54,6 +56,12 @@ def validate(spec: Any, *, allow_exec: bool) -> dict:
     for field in ("out", "junit"):
         if field in spec:
             _check_relative(field, spec[field])
+    for field in ("otlp_listen", "sink_listen"):
+        if field in spec:
+            try:
+                parse_listen(spec[field], f"\"{field}\":")
+            except InputError as e:
+                raise SpecError(400, f"invalid run spec: {e}") from e
     return spec
 
 
