@@ -50,9 +50,36 @@ def _le(value: Any) -> float:
         return math.nan
 
 
-def _created(expo: Exposition) -> dict[str, float]:
-    return {f"{s.name}{sorted(s.labels.items())}": s.value for s in expo.samples
+_SERIES_SUFFIXES = ("_total", "_bucket", "_count", "_sum", "_created")
+START_TIME = "process_start_time_seconds"
+
+
+def _series_of(name: str, labels: dict[str, Any]) -> tuple[str, Any]:
+    """The series a monotonic sample belongs to, as its ``_created`` sample names it:
+    (base name, labels without ``le``)."""
+    base = next((name[: -len(x)] for x in _SERIES_SUFFIXES if name.endswith(x)), name)
+    return base, labels_key({k: v for k, v in labels.items() if k != "le"})
+
+
+def _created(expo: Exposition) -> dict[tuple[str, Any], float]:
+    return {_series_of(s.name, dict(s.labels)): s.value for s in expo.samples
             if s.name.endswith("_created")}
+
+
+def _start_time(expo: Exposition) -> float | None:
+    return next((s.value for s in expo.samples if s.name == START_TIME), None)
+
+
+def _reset(key: tuple[str, Any], old: tuple[dict, float | None], new: tuple[dict, float | None]
+           ) -> bool:
+    """Was the series of sample ``key`` legitimately reset between two scrapes? Only when its
+    own ``_created`` changed or, when it has none in either scrape, when the whole process
+    restarted (its start time changed). A new or changed series elsewhere excuses nothing."""
+    series = _series_of(key[0], dict(key[1]))
+    (created_old, start_old), (created_new, start_new) = old, new
+    if series in created_old and series in created_new:
+        return created_old[series] != created_new[series]
+    return start_old is not None and start_new is not None and start_old != start_new
 
 
 @check("SC-001")
@@ -83,12 +110,12 @@ def exposition_parses_counters_monotonic(ctx: CheckContext) -> Finding:
     decreases, resets = [], 0
     for (ps, pe), (cs, ce) in zip(parsed, parsed[1:]):
         before, after = _monotonic_samples(pe), _monotonic_samples(ce)
-        restarted = _created(pe) != _created(ce) and bool(_created(ce))
+        origin = (_created(pe), _start_time(pe)), (_created(ce), _start_time(ce))
         for key, old in before.items():
             new = after.get(key)
             if new is None or new >= old:
                 continue
-            if restarted:
+            if _reset(key, *origin):
                 resets += 1
                 continue
             decreases.append({"sample": key[0], "labels": dict(key[1]), "from": old, "to": new,

@@ -75,6 +75,45 @@ def test_sc001_a_restart_with_new_created_is_a_reset_not_a_decrease(run):
     assert r.status == Status.PASS and r.observed["resets_with_new_created"] == 1
 
 
+def _series(a: int, b: int | None = None, created_a: float = 1.7e9, created_b: float = 1.7e9,
+            start: float | None = None) -> bytes:
+    """Text format as prometheus_client writes it: _created as its own gauge family."""
+    out = (b"# TYPE req_total counter\n" b'req_total{path="/a"} %d\n' % a)
+    if b is not None:
+        out += b'req_total{path="/b"} %d\n' % b
+    out += b"# TYPE req_created gauge\n" b'req_created{path="/a"} %f\n' % created_a
+    if b is not None:
+        out += b'req_created{path="/b"} %f\n' % created_b
+    if start is not None:
+        out += b"# TYPE process_start_time_seconds gauge\nprocess_start_time_seconds %f\n" % start
+    return out
+
+
+NO_CREATED = b"# TYPE jobs_total counter\njobs_total %d\n# TYPE process_start_time_seconds gauge\n" \
+    b"process_start_time_seconds %f\n"
+
+
+@pytest.mark.parametrize("before, after, status", [
+    pytest.param(_series(10), _series(5, 1), Status.FAIL, id="new-unrelated-series-excuses-nothing"),
+    pytest.param(_series(10, 3), _series(5, 0, created_b=1.8e9), Status.FAIL,
+                 id="another-series-reset-excuses-nothing"),
+    pytest.param(_series(10, start=1.6e9), _series(5, start=1.9e9), Status.FAIL,
+                 id="own-created-unchanged-despite-new-start-time"),
+    pytest.param(_series(10), _series(5, created_a=1.8e9), Status.PASS, id="own-created-changed"),
+    pytest.param(NO_CREATED % (10, 1.6e9), NO_CREATED % (5, 1.9e9), Status.PASS,
+                 id="no-created-process-restarted"),
+    pytest.param(NO_CREATED % (10, 1.6e9), NO_CREATED % (5, 1.6e9), Status.FAIL,
+                 id="no-created-same-process"),
+])
+def test_sc001_only_the_series_own_reset_excuses_a_decrease(run, before, after, status):
+    r = one(scrapes(run, before, after), "SC-001")
+    assert r.status == status, r.message
+    if status == Status.FAIL:
+        assert "10 -> 5" in r.message and r.observed["decreases"] == 1
+    else:
+        assert r.observed["resets_with_new_created"] == 1
+
+
 def test_sc001_real_exporter_scrapes_in_both_formats_pass(sim):
     r = one(sim(), "SC-001")
     assert r.status == Status.PASS
