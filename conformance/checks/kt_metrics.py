@@ -29,6 +29,7 @@ class Comparison:
     notes: list[str] = field(default_factory=list)
     kernel: Counter[Key] = field(default_factory=Counter)  # per key, agent routes excluded
     counts: dict[Key, float] = field(default_factory=dict)  # the metric's, same exclusions
+    agent: Counter[Key] = field(default_factory=Counter)  # agent requests it may count (no route)
 
 
 def compare(series: Series, under_test: list[KernelRequest], agent: list[KernelRequest],
@@ -111,7 +112,7 @@ def compare(series: Series, under_test: list[KernelRequest], agent: list[KernelR
                      f"by {(last - (series.last_export_ns or 0)) / 1e6:.1f} ms: {len(late)} "
                      "request(s) answered after their series' last export are not compared "
                      "(does the SUT flush its metrics at shutdown?)")
-    return Comparison(observed, mismatches, notes, kernel, counts)
+    return Comparison(observed, mismatches, notes, kernel, counts, agent_counts)
 
 
 def _reconcile_untemplated(series: Series, counts: dict[Key, float], kernel: Counter[Key]) -> int:
@@ -143,7 +144,7 @@ def _num(value: float) -> float | int:
     return int(value) if float(value).is_integer() else round(value, 6)
 
 
-def _to_server_of(url: str, reqs: list[KernelRequest]) -> list[KernelRequest]:
+def to_server_of(url: str, reqs: list[KernelRequest]) -> list[KernelRequest]:
     """The requests addressed to the SUT at ``url`` (by Host): the agent's scrapes of a
     metrics server on another port (gunicorn's master, start_http_server) never reach the
     app's request metric. Requests without a Host header are kept."""
@@ -164,7 +165,7 @@ def metric_counts_match_kernel(ctx: CheckContext) -> Finding:
     tolerance = ctx.threshold("count_tolerance")
     named = (ev.meta.scenario or {}).get("metric")
     under_test = [r.kernel for r in j.answered]
-    agent = _to_server_of(str(ev.meta.target.get("url") or ""), j.agent_requests)
+    agent = to_server_of(str(ev.meta.target.get("url") or ""), j.agent_requests)
     agent_paths = {k.path for k in agent} | {metrics_path(ev)}
     observed: dict[str, Any] = {"prometheus": None, "otlp": None}
     problems: list[str] = []

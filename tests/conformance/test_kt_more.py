@@ -7,7 +7,7 @@ import pytest
 
 from conformance import evaluate
 from conformance.model import Status
-from tests.conformance.builders import MS, Req, SemconvExporter, result
+from tests.conformance.builders import MS, FlaskCounterOnly, Req, SemconvExporter, result
 
 
 def one(ev, check_id):
@@ -101,6 +101,51 @@ def test_kt005_finds_a_metric_that_labels_the_wrong_status(run):
     r = one(ev, "KT-005")
     assert r.status == Status.FAIL
     assert "metric status 500 x4, wire {'200': 4}" in r.message
+
+
+class AllOk(SemconvExporter):
+    """Labels every request 200, whatever the wire said."""
+
+    def observe(self, method, route, path, status, seconds):
+        super().observe(method, route, path, 200, seconds)
+
+
+class CounterAllOk(FlaskCounterOnly):
+    """flask_http_request_total{method,status} (no route label) that labels every request 200."""
+
+    def observe(self, method, route, path, status, seconds):
+        super().observe(method, route, path, 200, seconds)
+
+
+def _mixed(b, errors=(3,), health_counted=False):
+    b.scrape("before")
+    for i in range(6):
+        b.request(Req(path=f"/items/{i}", status=500 if i in errors else 200))
+        if health_counted and i % 2 == 0:  # the agent's health probe, counted by the SUT
+            b.agent_request("/healthz")
+            b.exporter.observe("GET", "/healthz", "/healthz", 200, 0.001)
+    b.scrape("after")
+    return b.build()
+
+
+# Without a route label the agent's own requests (health probes, scrapes) may or may not be
+# counted: a mislabel is seen only beyond that slack (here 4 agent requests in the window).
+@pytest.mark.parametrize("exporter, errors, health, status, fragment", [
+    pytest.param(SemconvExporter, (3,), False, Status.PASS, "status agrees", id="honest-200-and-500"),
+    pytest.param(AllOk, (3,), False, Status.FAIL,
+                 "route=/items/{id}: metric status 200 x6, wire {'200': 5, '500': 1}",
+                 id="one-500-labelled-200"),
+    pytest.param(FlaskCounterOnly, (1, 2, 3, 4, 5), True, Status.PASS, "status agrees",
+                 id="no-route-health-probes-counted"),
+    pytest.param(CounterAllOk, (1, 2, 3, 4, 5), True, Status.FAIL,
+                 "method=GET: metric status 200 x9, wire {'200': 1, '500': 5}",
+                 id="no-route-five-500-labelled-200"),
+])
+def test_kt005_compares_status_counts_per_method_and_route(run, exporter, errors, health, status,
+                                                           fragment):
+    r = one(_mixed(run(exporter=exporter()), errors, health), "KT-005")
+    assert r.status == status, r.message
+    assert fragment in r.message
 
 
 def test_kt005_span_failure_names_the_request(sim):
