@@ -118,6 +118,7 @@ class LaunchedSut:
             )
         except OSError as e:
             self._log.close()
+            os.close(self._gate_w)
             raise TargetError(f"cannot start the --exec command: {e.strerror}") from e
         finally:
             os.close(gate_r)
@@ -172,27 +173,54 @@ class LaunchedSut:
             delay = min(delay * 2, 0.25)
 
     def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> int | None:
-        """SIGTERM the process group (lets exporters flush), SIGKILL after the timeout."""
+        """SIGTERM the whole process group (lets exporters flush), SIGKILL it after the timeout.
+
+        The group is signalled even when the leader already exited: a shell wrapper that
+        dies leaves its children (the real server) running in the group. Idempotent.
+        """
         self.release()
-        if self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-            try:
-                self.proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                log.warning("SUT did not exit %.0f s after SIGTERM; killing it", timeout_s)
-                try:
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                self.proc.wait()
-        self._pump.join(timeout=2)
-        self._log.close()
+        pgid = self.proc.pid  # start_new_session: the leader's pid is the group id
+        deadline = time.monotonic() + timeout_s
+        _killpg(pgid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            pass
+        # With the leader reaped, the group lives on only in its other members.
+        while _group_alive(pgid) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if self.proc.poll() is None or _group_alive(pgid):
+            log.warning("SUT did not exit %.0f s after SIGTERM; killing its process group", timeout_s)
+            _killpg(pgid, signal.SIGKILL)
+            self.proc.wait()
+        # The pump ends at EOF, once no process of the group holds the pipe: join it before
+        # closing the log it writes to.
+        self._pump.join(timeout=5)
+        if self._pump.is_alive():
+            log.warning("SUT output still open after stop (a process outside the group holds it)")
+        elif not self._log.closed:
+            self._log.close()
         return self.proc.returncode
 
 
-def check_pid(pid: int) -> None:
-    if not Path(f"/proc/{pid}").exists():
-        raise TargetError(f"--pid {pid}: no such process; give the pid of the running SUT")
+def _killpg(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass  # the group is gone (or the pgid was never ours to signal)
+
+
+def _group_alive(pgid: int) -> bool:
+    """True while a live process (not a zombie: an orphan's zombie waits on whoever reaps
+    for PID 1, which in a container may be nobody) is in the process group."""
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # exited while we looked
+        if len(fields) > 2 and int(fields[2]) == pgid and fields[0] not in (b"Z", b"X"):
+            return True
+    return False
