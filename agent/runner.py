@@ -192,7 +192,25 @@ def _start_probes(cfg: RunConfig, meta: RunMeta, writer: EvidenceWriter, stack: 
         writer.meta(meta)
         return None
     meta.extra["probe_attach_s"] = round(time.monotonic() - t0, 3)
+    # Unwinds before collector.stop (LIFO), after the SUT stops: on success, error and interrupt.
+    stack.callback(_keep_kernel_evidence, collector, meta)
     return collector
+
+
+def _keep_kernel_evidence(collector, meta: RunMeta) -> None:
+    """Write what the kernel saw (kernel.jsonl) and its counters (meta.kernel_stats) on every
+    path: a failed or interrupted run keeps its kernel evidence. Never masks the run's error."""
+    try:
+        collector.finish()
+    except Exception as e:  # noqa: BLE001 - the run's own outcome matters more
+        log.warning("kernel requests could not be written: %s", e)
+        log.debug("collector.finish failed", exc_info=True)
+    try:
+        meta.kernel_stats = collector.stats()
+        meta.clock = collector.clock_info()
+    except Exception as e:  # noqa: BLE001
+        log.warning("kernel counters could not be read: %s", e)
+        log.debug("collector.stats failed", exc_info=True)
 
 
 def _listen(server, option: str, addr: tuple[str, int], points: str) -> None:
@@ -299,11 +317,6 @@ def _collect(cfg: RunConfig, meta: RunMeta, writer: EvidenceWriter, stack: conte
     meta.settle = {"waited_s": round(time.monotonic() - t0, 3), "quiet": quiet, **receiver.counts()}
     if not quiet:
         meta.notes.append("telemetry was still arriving when the settle phase timed out")
-
-    if collector is not None:
-        collector.finish()
-        meta.kernel_stats = collector.stats()
-        meta.clock = collector.clock_info()
 
 
 def judge(run_dir: Path, out_dir: Path, *, junit: Path | None = None, checks: list[str] | None = None) -> RunResult:

@@ -48,6 +48,17 @@ def test_no_process_of_the_sut_outlives_the_run(leader_exits_mid_run):
     assert not tcp_open("127.0.0.1", port), "the orphaned server still listens after the run"
 
 
+@pytest.mark.kernel
+def test_the_kernel_evidence_of_a_failed_run_is_kept(leader_exits_mid_run):
+    _, _, run_dir = leader_exits_mid_run
+    kernel = [json.loads(line) for line in (run_dir / "kernel.jsonl").read_text().splitlines()]
+    served = [k for k in kernel if k.get("direction", "server") == "server"]
+    assert len(served) >= KILL_PARENT_AT, f"{len(served)} kernel requests recorded"
+    meta = json.loads((run_dir / "meta.json").read_text())
+    assert meta["kernel_stats"]["user_received"] > 0, meta["kernel_stats"]
+    assert meta["finished_at"], "meta.json was finalised"
+
+
 def alive(pid: int) -> bool:
     """Running (a zombie nobody reaps is dead: PID 1 here may not reap orphans)."""
     try:
