@@ -6,6 +6,8 @@ when ``span.trace_id`` is the inbound trace-id and ``span.parent_span_id`` the i
 parent-id. Requests without a valid inbound traceparent, or whose context the SUT did not
 continue, are joined best effort to the remaining SERVER spans by method, path (or route
 template) and time overlap; ``JoinedRequest.span_join`` says which way each one was joined.
+A SERVER span left over whose parent chain reaches a joined server span is a nested
+duplicate of that request (``nested_spans``), not a span without a request.
 Everything is indexed in dicts so the join stays O(n) for large runs.
 """
 
@@ -33,6 +35,9 @@ class JoinedRequest:
     traceparent: TraceParent | None  # the valid inbound traceparent, else None
     traceparent_values: list[str]  # raw header values as captured (several = duplicated)
     spans: list[Span] = field(default_factory=list)  # SERVER spans joined to it
+    # Further SERVER spans inside one of ``spans``' subtrees (double instrumentation, e.g.
+    # framework and WSGI middleware): duplicates of this request, not requests of their own.
+    nested_spans: list[Span] = field(default_factory=list)
     span_join: str = ""  # JOIN_TRACEPARENT | JOIN_HEURISTIC | "" (no span)
     driver: DriverRecord | None = None
     client_spans: list[Span] = field(default_factory=list)  # CLIENT descendants
@@ -100,7 +105,8 @@ def join(evidence: Evidence) -> Joined:
         for window in (uncertainty, slop):
             n = _join_by_overlap([r for r in group if not r.spans and r.answered], pool, window)
             heuristic += n if group is under_test else 0
-    unjoined = [s for s in server_spans if id(s) in pool]
+    unjoined = _attach_nested(under_test + agent, evidence.spans,
+                              [s for s in server_spans if id(s) in pool])
 
     unmatched_driver = _join_driver(under_test, evidence.driver, slop)
     by_id = {r.kernel.id: r for r in under_test}
@@ -142,6 +148,31 @@ def _join_by_traceparent(requests: list[JoinedRequest], spans: list[Span]) -> di
             target.spans.append(s)
             target.span_join = JOIN_TRACEPARENT
     return {id(s): s for group in by_key.values() for s in group}
+
+
+def _attach_nested(requests: list[JoinedRequest], spans: list[Span], unjoined: list[Span]
+                   ) -> list[Span]:
+    """Attach each unjoined SERVER span whose parent chain reaches a joined server span to
+    that span's request (``nested_spans``); return the spans still unjoined."""
+    owner = {(s.trace_id, s.span_id): r for r in requests for s in r.spans}
+    by_id = {(s.trace_id, s.span_id): s for s in spans}
+    rest = []
+    for s in unjoined:
+        cur, seen, found = s, set(), None
+        while cur is not None and cur.parent_span_id:
+            key = (cur.trace_id, cur.parent_span_id)
+            if key in seen:  # a cycle in a broken export must not hang the join
+                break
+            seen.add(key)
+            found = owner.get(key)
+            if found is not None:
+                break
+            cur = by_id.get(key)
+        if found is None:
+            rest.append(s)
+        else:
+            found.nested_spans.append(s)
+    return rest
 
 
 def _distance(r: JoinedRequest, s: Span) -> int:

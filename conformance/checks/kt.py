@@ -36,7 +36,7 @@ def one_server_span_per_request(ctx: CheckContext) -> Finding:
     answered = [r for r in j.answered if id(r) not in skipped]
     n = len(answered)
     missing = [r for r in answered if not r.spans]
-    dups = [r for r in answered if len(r.spans) > 1]
+    dups = [r for r in answered if len(r.spans) + len(r.nested_spans) > 1]
     loss_pct = 100.0 * len(missing) / n if n else 0.0
     observed = {
         "kernel_requests": n,
@@ -57,7 +57,8 @@ def one_server_span_per_request(ctx: CheckContext) -> Finding:
         "duplicate_trace_ids": [r.trace_id for r in dups[:SAMPLE_LIMIT] if r.trace_id],
         "missing_samples": [_request_ref(r) for r in missing[:SAMPLE_LIMIT]],
         "duplicate_samples": [
-            {**_request_ref(r), "span_ids": [s.span_id for s in r.spans]}
+            {**_request_ref(r), "span_ids": [s.span_id for s in r.spans + r.nested_spans],
+             "nested_span_ids": [s.span_id for s in r.nested_spans]}
             for r in dups[:SAMPLE_LIMIT]
         ],
         "notes": list(j.notes),
@@ -71,7 +72,10 @@ def one_server_span_per_request(ctx: CheckContext) -> Finding:
         problems.append(f"{len(missing)} of {n} requests ({loss_pct:.3g}%) have no server "
                         f"span, budget {budget:g}%")
     if dups:
-        problems.append(f"{len(dups)} request(s) have 2 or more server spans")
+        nested = sum(1 for r in dups if r.nested_spans)
+        problems.append(f"{len(dups)} request(s) have 2 or more server spans"
+                        + (f" ({nested} with a SERVER span nested inside the request's own: "
+                           "instrumented twice?)" if nested else ""))
     if problems:
         return Finding.failed("; ".join(problems), observed, expected, **evidence)
     if missing:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import pytest
 import yaml
 
 from agent.errors import InputError
+from agent.tracecontext import new_span_id, new_trace_id
 from conformance import build_report, evaluate, exit_code
 from conformance.catalogue import CATALOGUE_PATH, parse_catalogue
 from conformance.model import NOT_IMPLEMENTED, Status
@@ -270,3 +272,39 @@ def test_agent_loss_on_an_honest_full_run_is_inconclusive_not_non_compliant(run)
     assert "fail" not in statuses.values(), rep["summary"]["verdict_reason"]
     assert statuses["KT-007"] == "inconclusive"
     assert rep["summary"]["verdict"] == "inconclusive" and exit_code(rep["summary"]["verdict"]) == 3
+
+
+def _nest(b, kind_between):
+    """Double instrumentation: a second SERVER span per request inside the first one,
+    directly or under an INTERNAL span (kind_between); None: a SERVER span of another trace."""
+    for s in [s for s in b.spans if s.kind == "SERVER"]:
+        parent = s
+        if kind_between == "INTERNAL":
+            parent = dataclasses.replace(s, kind="INTERNAL", span_id=new_span_id(),
+                                         parent_span_id=s.span_id, name="handler")
+            b.spans.append(parent)
+        inner = dataclasses.replace(s, span_id=new_span_id(), parent_span_id=parent.span_id,
+                                    start_ns=s.start_ns + 10 * US, end_ns=s.end_ns - 10 * US)
+        if kind_between is None:  # a stray server span: no parent chain into a request
+            inner = dataclasses.replace(inner, trace_id=new_trace_id(), parent_span_id=new_span_id(),
+                                        start_ns=s.start_ns + 10_000 * MS, end_ns=s.end_ns + 10_000 * MS)
+        b.spans.append(inner)
+
+
+@pytest.mark.parametrize("between, status, dups, stray", [
+    pytest.param("SERVER", Status.FAIL, 5, 0, id="nested-directly-under-the-server-span"),
+    pytest.param("INTERNAL", Status.FAIL, 5, 0, id="nested-under-an-internal-span"),
+    pytest.param(None, Status.PASS, 0, 5, id="stray-server-spans-of-other-traces"),
+])
+def test_kt001_counts_nested_server_spans_as_duplicates(run, between, status, dups, stray):
+    b = run()
+    for i in range(5):
+        b.request(Req(path=f"/items/{i}"))
+    _nest(b, between)
+    r = result(evaluate(b.build(), select=["KT-001"]), "KT-001")
+    assert r.status == status, r.message
+    assert (r.observed["duplicates"], r.observed["server_spans_without_request"]) == (dups, stray)
+    if dups:
+        assert "nested inside the request's own" in r.message
+        sample = r.evidence["duplicate_samples"][0]
+        assert len(sample["span_ids"]) == 2 and sample["nested_span_ids"] == sample["span_ids"][1:]
