@@ -1,5 +1,6 @@
 """HTTP semantics shared by checks: span attribute lookup (current and legacy semconv
-names) and route templates of the common frameworks matched against request paths."""
+names), the server span status rule, and route templates of the common frameworks matched
+against request paths."""
 
 from __future__ import annotations
 
@@ -45,6 +46,27 @@ def span_status(span: Span) -> int | None:
         return int(value) if value is not None else None
     except (TypeError, ValueError):
         return None
+
+
+SPAN_STATUS_RULE = "ERROR for 5xx, unset for 4xx (and below unless another error)"
+
+
+def server_span_status_problem(http_status: Any, span_status: str) -> str | None:
+    """OTel HTTP semconv, server spans: status ERROR for a 5xx; left unset for a 4xx (the
+    client's error: OK is as wrong as ERROR). Below 400 ERROR is wrong too (the wire shows no
+    error); OK is allowed there. None when the status follows the rule or is unknown."""
+    if isinstance(http_status, bool) or not isinstance(http_status, int):
+        return None
+    if http_status >= 500:
+        if span_status != "ERROR":
+            return f"span status {span_status} on a {http_status}: must be ERROR"
+    elif http_status >= 400:
+        if span_status != "UNSET":
+            return (f"span status {span_status} on a {http_status}: must be left unset (OTel "
+                    "HTTP semconv: a 4xx on a server span is the client's error)")
+    elif span_status == "ERROR":
+        return f"span status ERROR on a {http_status}: must be left unset (no error on the wire)"
+    return None
 
 
 # Path parameters as the common frameworks write them:

@@ -8,6 +8,7 @@ import json
 from typing import Any, Callable
 
 from agent.tracecontext import is_valid_trace_id
+from conformance.httpsem import SPAN_STATUS_RULE, server_span_status_problem
 from conformance.model import Finding
 from conformance.registry import CheckContext, check
 from conformance.scenario import catalogue_by_code, errcodes
@@ -164,13 +165,10 @@ def error_span(ctx: CheckContext) -> Finding:
         elif retry != want:
             problems.append(f"span retryable is {retry}, catalogue says {want}")
         status = r.driver.status if r.driver.status is not None else entry.get("http_status")
-        if isinstance(status, int) and status >= 500 and span.status_code != "ERROR":
-            problems.append(f"span status is {span.status_code} for a {status}: must be ERROR")
-        if isinstance(status, int) and 400 <= status < 500 and span.status_code != "UNSET":
-            problems.append(f"span status is {span.status_code} for a {status}: must stay unset "
-                            "(OTel HTTP semconv, server spans)")
+        if (bad := server_span_status_problem(status, span.status_code)) is not None:
+            problems.append(bad)
         return problems
 
     return _run(ctx, {"error.type": "the wire code", "retryable": "the entry's flag (bool)",
-                      "status": "ERROR for 5xx, UNSET for 4xx"}, judge,
+                      "status": SPAN_STATUS_RULE}, judge,
                 "error span does not follow the profile", needs_span=True)

@@ -60,6 +60,7 @@ class Faults:
     no_error_code_header: bool = False
     wrong_error_trace_id: bool = False
     error_on_4xx: bool = False
+    ok_on_4xx: bool = False  # span status OK on 4xx answers (semconv: must stay unset)
     retryable_as_string: bool = False
     trace_id_label: bool = False
     logs_without_trace: bool = False
@@ -212,6 +213,8 @@ class SimSut:
             body = json.dumps({"code": code, "trace_id": err_tid, "message": entry["name"]})
         if status >= 500 or (f.error_on_4xx and 400 <= status < 500):
             span.set_status(Status(StatusCode.ERROR))
+        elif f.ok_on_4xx and 400 <= status < 500:
+            span.set_status(Status(StatusCode.OK))
         key = "http.status_code" if f.old_semconv else "http.response.status_code"
         span.set_attribute(key, status + f.span_status_off_by)
         span.end(end_time=t0 + dur - 100 * US)

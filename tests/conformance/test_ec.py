@@ -34,7 +34,7 @@ CASES = [
                  id="EC-003-fail-restarted-trace"),
     pytest.param("EC-004", {}, Status.PASS, "8 errcode triggers", id="EC-004-pass"),
     pytest.param("EC-004", {"error_on_4xx": True}, Status.FAIL,
-                 "span status is ERROR for a 401: must stay unset", id="EC-004-fail-4xx-error"),
+                 "span status ERROR on a 401: must be left unset", id="EC-004-fail-4xx-error"),
     pytest.param("EC-004", {"retryable_as_string": True}, Status.FAIL,
                  "retryable is 'true' (str), not the boolean", id="EC-004-fail-retryable-string"),
     pytest.param("EC-005", {}, Status.PASS, "8 catalogue entries", id="EC-005-pass"),

@@ -16,6 +16,7 @@ from agent.evidence import DriverRecord
 from agent.otlp_decode import spans_from_request
 from agent.tracecontext import new_traceparent
 from conformance import evaluate
+from conformance.httpsem import server_span_status_problem
 from conformance.model import Status as Result
 from tests.conformance.builders import MS, result
 
@@ -70,6 +71,8 @@ PASSING = [
                  id="unrouted-404-named-by-method"),
     pytest.param("GET /items/{item_id}", stable("/items/{item_id}", 503, **{"error.type": "503"}),
                  503, StatusCode.ERROR, id="5xx-error-with-error-type"),
+    pytest.param("GET /items/{item_id}", stable("/items/{item_id}"), 200, StatusCode.OK,
+                 id="2xx-marked-ok"),
 ]
 
 
@@ -101,6 +104,12 @@ FAILING = [
     pytest.param("GET /items/{item_id}", stable("/items/{item_id}", 404),
                  {"status": 404, "span_status": StatusCode.ERROR}, "status ERROR on a 404",
                  id="4xx-marked-error"),
+    pytest.param("GET /items/{item_id}", stable("/items/{item_id}", 404),
+                 {"status": 404, "span_status": StatusCode.OK}, "span status OK on a 404: must be left unset",
+                 id="4xx-marked-ok"),
+    pytest.param("GET /items/{item_id}", stable("/items/{item_id}", 500, **{"error.type": "500"}),
+                 {"status": 500, "span_status": StatusCode.OK}, "span status OK on a 500: must be ERROR",
+                 id="5xx-marked-ok"),
     pytest.param("GET /items/{item_id}", stable("/items/{item_id}", "200"), {},
                  "http.response.status_code is '200' (str), not an int", id="status-code-string"),
     pytest.param("GET /items/{item_id}", {k: v for k, v in stable("/items/{item_id}").items()
@@ -132,3 +141,23 @@ def test_sc003_fails_with_what_is_wrong(run, name, attrs, kw, fragment):
 def test_sc003_on_the_simulated_service(sim, kw, status, fragment):
     r = result(evaluate(sim(**kw), select=["SC-003"]), "SC-003")
     assert r.status == status and fragment in r.message, r.message
+
+
+@pytest.mark.parametrize("http_status, span_status, problem", [
+    (500, "ERROR", None), (500, "UNSET", "must be ERROR"), (500, "OK", "must be ERROR"),
+    (404, "UNSET", None), (404, "ERROR", "must be left unset"), (404, "OK", "must be left unset"),
+    (200, "UNSET", None), (200, "OK", None), (200, "ERROR", "must be left unset"),
+    (None, "ERROR", None),
+], ids=lambda v: str(v))
+def test_the_server_span_status_rule(http_status, span_status, problem):
+    got = server_span_status_problem(http_status, span_status)
+    assert (got is None) if problem is None else (problem in got), got
+
+
+@pytest.mark.parametrize("fault, span_status", [("error_on_4xx", "ERROR"), ("ok_on_4xx", "OK")])
+def test_ec004_and_sc003_judge_a_4xx_span_status_by_the_same_rule(sim, fault, span_status):
+    results = evaluate(sim(**{fault: True}), select=["EC-004", "SC-003"])
+    for cid in ("EC-004", "SC-003"):
+        r = result(results, cid)
+        assert r.status == Result.FAIL, (cid, r.message)
+        assert f"span status {span_status} on a 401: must be left unset" in r.message, r.message
