@@ -87,8 +87,12 @@ class RunConfig:
                                 ("--path", self.paths)) if v]
         if len(given) > 1:
             raise InputError(f"give only one of {' and '.join(given)} (a scenario's load mix says what to request)")
-        if not self.no_ebpf and os.geteuid() != 0:
-            raise ProbeError("eBPF probes need root: run with sudo, or pass --no-ebpf for a degraded run")
+        if not self.no_ebpf:
+            from agent.kernel.probes import may_load_bpf
+
+            if not may_load_bpf():
+                raise ProbeError("eBPF probes need root (or CAP_BPF+CAP_PERFMON+CAP_SYS_RESOURCE): "
+                                 "run with sudo, or pass --no-ebpf for a degraded run")
 
     def otlp_address(self) -> tuple[str, int]:
         """The receiver's (host, port): --otlp-listen, else 4318 for a running SUT, a free port for --exec."""

@@ -153,7 +153,7 @@ class Probes:
         except ImportError as e:
             raise ProbeError("bcc is not importable: install python3-bpfcc (`make setup`) and use a "
                              "venv made with --system-site-packages, or pass --no-ebpf") from e
-        if not _may_load_bpf():
+        if not may_load_bpf():
             raise ProbeError("eBPF probes need root (or CAP_BPF+CAP_PERFMON+CAP_SYS_RESOURCE): "
                              "run with sudo, or pass --no-ebpf")
         plan = self._plan(BPF)
@@ -196,7 +196,13 @@ class Probes:
         import bcc
 
         tracefs = Path(bcc.TRACEFS)  # where bcc attaches, so detection and attach agree
-        if not (tracefs / "events").is_dir():
+        try:
+            mounted = (tracefs / "events").is_dir()
+        except PermissionError:  # capabilities without tracefs access (it is root-only by default)
+            raise ProbeError(f"{tracefs} is not readable by this user: run as root, or give it tracefs "
+                             "access (CAP_DAC_READ_SEARCH, or mount tracefs with gid=/mode=), or pass "
+                             "--no-ebpf") from None
+        if not mounted:
             raise ProbeError("tracefs is not mounted: `mount -t tracefs tracefs /sys/kernel/tracing` "
                              "(or run `make setup`), or pass --no-ebpf")
 
@@ -328,8 +334,9 @@ class Probes:
         return {i for fn in self.bpf.funcs.values() if (i := _fd_prog_id("self", fn.fd)) is not None}
 
 
-def _may_load_bpf() -> bool:
-    """root, or CAP_SYS_ADMIN, or CAP_BPF with CAP_PERFMON in the effective set."""
+def may_load_bpf() -> bool:
+    """root, or CAP_SYS_ADMIN, or CAP_BPF with CAP_PERFMON in the effective set (CAP_SYS_RESOURCE,
+    for the memlock rlimit, is not needed on kernels >= 5.11 that charge BPF memory to the cgroup)."""
     if os.geteuid() == 0:
         return True
     try:
