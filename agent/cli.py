@@ -152,6 +152,7 @@ def run(exec_cmd, pid, target_port, cgroup, ringbuf_pages, max_connections, url,
 
         if profile not in PROFILES:
             raise ObsconformError(f"--profile {profile!r} is not supported; supported: {', '.join(PROFILES)}")
+        cfg.validate_checks()  # before anything is submitted
         # Files are read here, on the client: the agent gets the scenario inline, catalogue included.
         scenario = cfg.resolved_scenario() if scenario_file or catalog else None
         _finish(run_from_cli(agent_url, token_file, out_dir=out_dir, junit=junit, progress=_progress,

@@ -83,6 +83,7 @@ class RunConfig:
             raise InputError(f"--profile {self.profile!r} is not supported; supported: {', '.join(PROFILES)}")
         self.otlp_address()
         self.sink_address()
+        self.validate_checks()
         given = [n for n, v in (("--scenario", self.scenario_file), ("an inline scenario", self.scenario),
                                 ("--path", self.paths)) if v]
         if len(given) > 1:
@@ -93,6 +94,13 @@ class RunConfig:
             if not may_load_bpf():
                 raise ProbeError("eBPF probes need root (or CAP_BPF+CAP_PERFMON+CAP_SYS_RESOURCE): "
                                  "run with sudo, or pass --no-ebpf for a degraded run")
+
+    def validate_checks(self) -> None:
+        """--check ids or prefixes the catalogue knows (InputError before anything runs)."""
+        if self.checks:
+            import conformance
+
+            conformance.select_checks(conformance.load_catalogue(), self.checks)
 
     def otlp_address(self) -> tuple[str, int]:
         """The receiver's (host, port): --otlp-listen, else 4318 for a running SUT, a free port for --exec."""

@@ -58,11 +58,27 @@ def validate(spec: Any, *, allow_exec: bool) -> dict:
             _check_relative(field, spec[field])
     for field in ("otlp_listen", "sink_listen"):
         if field in spec:
-            try:
-                parse_listen(spec[field], f"\"{field}\":")
-            except InputError as e:
-                raise SpecError(400, f"invalid run spec: {e}") from e
+            _field_ok(field, parse_listen, spec[field], f"\"{field}\":")
+    if "scenario" in spec:  # a malformed scenario is refused now, not after the queue
+        from agent.scenario import from_inline
+
+        _field_ok("scenario", from_inline, spec["scenario"], metrics_url=spec.get("metrics_url"))
+    if "checks" in spec:
+        import conformance
+
+        _field_ok("checks", conformance.select_checks, conformance.load_catalogue(), spec["checks"])
     return spec
+
+
+def _field_ok(field: str, check, *args: Any, **kwargs: Any) -> None:
+    """Run a validator of one spec field; its InputError becomes a 400 naming the field."""
+    try:
+        check(*args, **kwargs)
+    except InputError as e:
+        message = str(e)
+        if not message.startswith((f"\"{field}\"", f"{field}:")):
+            message = f"\"{field}\": {message}"
+        raise SpecError(400, f"invalid run spec: {message}") from e
 
 
 def _check_relative(field: str, value: str) -> None:

@@ -140,6 +140,11 @@ INVALID = [
     pytest.param({"url": "http://x", "pid": 1, "paths": ["no-slash"]}, "paths/0", id="relative-path"),
     pytest.param({"url": "http://x", "pid": 1, "checks": ["kt-1"]}, "checks/0", id="bad-check-id"),
     pytest.param({"url": "http://x", "pid": 1, "rm": "-rf"}, "Additional properties", id="unknown-field"),
+    pytest.param({"url": "http://x", "pid": 1, "checks": ["ZZ-999"]}, '"checks": unknown check', id="unknown-check"),
+    pytest.param({"url": "http://x", "pid": 1, "scenario": {"load": []}}, "scenario: load:", id="bad-scenario"),
+    pytest.param({"url": "http://x", "pid": 1, "scenario": {"load": [{"path": "/"}], "catalogue": "/etc/shadow"}},
+                 "scenario: catalogue: an inline scenario cannot name a catalogue file", id="scenario-names-a-file"),
+    pytest.param({"url": "http://x", "pid": 1, "otlp_listen": "host:4318"}, '"otlp_listen"', id="otlp-listen-not-an-ip"),
     pytest.param(["not", "an", "object"], "is not of type 'object'", id="array"),
 ]
 

@@ -43,6 +43,11 @@ CASES = [
                  "not an http:// URL", id="bad-url"),
     pytest.param(lambda port, pid: ["run", "--url", f"http://127.0.0.1:{port}"],
                  "exactly one target", id="no-target"),
+    pytest.param(lambda port, pid: ["run", "--pid", str(pid), "--url", f"http://127.0.0.1:{port}", "--check", "BOGUS"],
+                 "unknown check 'BOGUS'", id="unknown-check"),
+    pytest.param(lambda port, pid: ["run", "--agent", f"http://127.0.0.1:{port}", "--pid", str(pid),
+                                    "--url", f"http://127.0.0.1:{port}", "--check", "KT-999"],
+                 "unknown check 'KT-999'", id="unknown-check-before-submitting"),
 ]
 
 
