@@ -229,13 +229,23 @@ def report() -> None:
     """Show, validate or convert a CNCF-compliance-report.json."""
 
 
-def _load_report(path: Path) -> dict:
+def _load_report(path: Path, *, check_schema: bool = True) -> dict:
+    """The decoded report; with ``check_schema``, refused unless it matches the report schema."""
     try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
+        report = json.loads(Path(path).read_text(encoding="utf-8"))
     except OSError as e:
         raise ObsconformError(f"cannot read {path}: {e.strerror}") from e
     except ValueError as e:
         raise ObsconformError(f"{path} is not JSON ({e}); give a CNCF-compliance-report.json") from e
+    if check_schema:
+        from conformance import validate_report
+
+        errors = validate_report(report)
+        if errors:
+            more = f"; +{len(errors) - 1} more" if len(errors) > 1 else ""
+            raise ObsconformError(f"{path} is not a CNCF-compliance-report.json ({errors[0]}{more}); "
+                                  f"see `obsconform report validate {path}`")
+    return report
 
 
 @report.command("show")
@@ -253,7 +263,7 @@ def report_validate(file: Path) -> None:
     """Validate a report against the shipped JSON Schema."""
     from conformance import validate_report
 
-    errors = validate_report(_load_report(file))
+    errors = validate_report(_load_report(file, check_schema=False))
     if errors:
         for e in errors:
             click.echo(f"invalid: {e}", err=True)

@@ -46,6 +46,18 @@ def test_report_subcommands_give_one_line_on_a_bad_file(tmp_path, sub, content, 
     assert len(lines) == 1 and lines[0].startswith("obsconform: error:") and fragment in lines[0], p.stderr
 
 
+@pytest.mark.parametrize("sub", ["show", "junit", "html"])
+@pytest.mark.parametrize("content", ["{}", "[]", '{"schema_version": "1.0"}'], ids=["object", "array", "partial"])
+def test_report_subcommands_refuse_json_that_is_not_a_report(tmp_path, sub, content):
+    f = tmp_path / "r.json"
+    f.write_text(content)
+    p = cli("report", sub, str(f))
+    assert p.returncode == 1, p.stdout
+    lines = [l for l in p.stderr.splitlines() if l.strip()]
+    assert len(lines) == 1 and "is not a CNCF-compliance-report.json" in lines[0], p.stderr
+    assert not (tmp_path / "r.html").exists()
+
+
 def test_report_validate_names_a_missing_field(tmp_path):
     f = tmp_path / "r.json"
     f.write_text('{"schema_version": "1.0"}')
