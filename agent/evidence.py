@@ -23,12 +23,15 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import math
 import os
 import tempfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, TypeVar
+
+from agent.errors import ObsconformError
 
 EVIDENCE_VERSION = 1
 
@@ -269,9 +272,23 @@ def from_dict(cls: type[T], data: dict[str, Any]) -> T:
     return cls(**{k: v for k, v in data.items() if k in names})
 
 
+def json_safe(data: Any) -> Any:
+    """``data`` with every non-finite float (NaN, ±inf from a scrape) as None: strict JSON
+    has no such numbers, and many readers reject Python's NaN/Infinity tokens."""
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {k: json_safe(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [json_safe(v) for v in data]
+    return data
+
+
 def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON to ``path`` through a temp file and rename, so readers never see half."""
-    write_text_atomic(path, json.dumps(data, indent=2, default=str) + "\n")
+    """Write strict JSON (non-finite numbers as null) to ``path`` through a temp file and
+    rename, so readers never see half."""
+    text = json.dumps(json_safe(data), indent=2, default=str, allow_nan=False)
+    write_text_atomic(path, text + "\n")
 
 
 class EvidenceWriter:
@@ -351,14 +368,15 @@ def _read_jsonl(path: Path, cls: type[T]) -> Iterator[T]:
                 raise EvidenceError(f"{path}:{n}: not a valid {cls.__name__} record ({e})") from e
 
 
-class EvidenceError(ValueError):
-    """A run directory is missing or malformed."""
+class EvidenceError(ObsconformError, ValueError):
+    """A run directory is missing or malformed (a ValueError too, for older callers)."""
 
 
 def load_meta(run_dir: Path) -> RunMeta:
     path = Path(run_dir) / META_FILE
     if not path.exists():
-        raise EvidenceError(f"{run_dir} is not a run directory: {META_FILE} is missing")
+        raise EvidenceError(f"{run_dir} is not a run directory: {META_FILE} is missing; give "
+                            "a directory a run wrote (e.g. reports/runs/<run id>)")
     try:
         return from_dict(RunMeta, json.loads(path.read_text(encoding="utf-8")))
     except (ValueError, TypeError) as e:

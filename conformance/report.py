@@ -13,7 +13,7 @@ from typing import Any, Iterable
 import jsonschema
 
 from agent.errors import ObsconformError
-from agent.evidence import Evidence, write_json_atomic
+from agent.evidence import Evidence, json_safe, write_json_atomic
 from conformance.catalogue import LEVELS, Catalogue, load_catalogue
 from conformance.engine import resolve_thresholds
 from conformance.join import is_agent_request
@@ -242,7 +242,8 @@ def build_report(evidence: Evidence, results: list[CheckResult], *, tool_version
                  thresholds: dict[str, Any] | None = None, generated_at: str | None = None,
                  report_id: str | None = None, catalogue: Catalogue | None = None
                  ) -> dict[str, Any]:
-    """The report dict (SPEC §6 fields plus a disclaimer); validate with validate_report.
+    """The report dict (SPEC §6 fields plus a disclaimer, strict JSON: non-finite numbers
+    as None); validate with validate_report.
 
     ``thresholds`` are the run's overrides as given to ``evaluate``, so the report states
     the effective thresholds the checks used. Times default to the run's meta.
@@ -265,7 +266,8 @@ def build_report(evidence: Evidence, results: list[CheckResult], *, tool_version
         "degraded_reason": meta.degraded_reason or ("" if meta.ebpf else "eBPF was off"),
         "notes": [str(n) for n in meta.notes],
     }
-    return {
+    # json_safe: NaN/inf read from a scrape become null, so the report is strict JSON.
+    return json_safe({
         "schema_version": SCHEMA_VERSION,
         "report_id": report_id or str(uuid.uuid4()),
         "generated_at": generated_at or _now(),
@@ -284,7 +286,7 @@ def build_report(evidence: Evidence, results: list[CheckResult], *, tool_version
                     "not_evaluated": absent},
         "checks": checks,
         "disclaimer": DISCLAIMER,
-    }
+    })
 
 
 @lru_cache(maxsize=1)
@@ -302,7 +304,7 @@ def validate_report(report: Any) -> list[str]:
     """Every schema violation of ``report`` as "path: message" (empty when valid)."""
     # Round-trip through JSON so what is validated is exactly what would be written.
     try:
-        data = json.loads(json.dumps(report, default=str))
+        data = json.loads(json.dumps(report, default=str, allow_nan=False))
     except (TypeError, ValueError) as e:
         return [f"$: not JSON-serialisable ({e})"]
     errors = sorted(_validator().iter_errors(data), key=lambda e: list(e.absolute_path))

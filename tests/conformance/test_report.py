@@ -8,7 +8,11 @@ import uuid
 import xml.etree.ElementTree as ET
 
 import pytest
+from click.testing import CliRunner
 
+from agent.cli import cli
+from agent.errors import ObsconformError
+from agent.evidence import EvidenceError, load_evidence, write_json_atomic
 from conformance import (
     build_report, evaluate, exit_code, render_junit, render_summary, validate_report,
     write_report,
@@ -232,3 +236,48 @@ def test_summary_says_degraded_mode_on_the_first_line(run):
     lines = text.splitlines()
     assert lines[0] == "DEGRADED MODE, no kernel truth: running in a container without CAP_BPF"
     assert lines[1].startswith("obsconform: INCONCLUSIVE")
+
+
+NAN_BODY = ("# HELP http_requests_total R.\n# TYPE http_requests_total counter\n"
+            'http_requests_total{method="GET",handler="/items/{id}",status="2xx"} %s\n')
+
+
+def test_non_finite_scraped_numbers_become_null_in_a_strict_json_report(run, tmp_path):
+    b = run()
+    b.raw_scrape("before", (NAN_BODY % "0").encode())
+    for i in range(3):
+        b.request(Req(path=f"/items/{i}"))
+    b.raw_scrape("after", (NAN_BODY % "NaN").encode())
+    ev = b.build()
+    rep = build_report(ev, evaluate(ev), tool_version="x")
+    assert rep["measurements"]["loss"]["metrics"]["metric_count"] is None
+    out = write_report(rep, tmp_path / "r.json")
+
+    def refuse(token):
+        raise AssertionError(f"non-standard JSON token {token}")
+    strict = json.loads(out.read_text(), parse_constant=refuse)
+    assert strict["summary"]["verdict"] == rep["summary"]["verdict"]
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")], ids=str)
+def test_evidence_json_writes_non_finite_numbers_as_null(tmp_path, value):
+    path = tmp_path / "meta.json"
+    write_json_atomic(path, {"a": value, "nested": [1.5, {"b": value}], "t": (value,)})
+    assert json.loads(path.read_text(), parse_constant=lambda c: pytest.fail(c)) == \
+        {"a": None, "nested": [1.5, {"b": None}], "t": [None]}
+
+
+def test_validate_report_refuses_a_non_finite_number(report):
+    broken = copy.deepcopy(report)
+    broken["measurements"]["latency_drift_us"]["p50"] = float("nan")
+    assert any("not JSON-serialisable" in e for e in validate_report(broken))
+
+
+def test_an_empty_run_directory_is_a_one_line_user_error(tmp_path):
+    with pytest.raises(ObsconformError, match="is not a run directory: meta.json is missing"):
+        load_evidence(tmp_path)
+    assert issubclass(EvidenceError, ValueError)  # callers that catch ValueError still work
+    r = CliRunner().invoke(cli, ["analyze", str(tmp_path)])
+    assert r.exit_code == 1
+    lines = r.output.strip().splitlines()  # stderr included (click's default)
+    assert len(lines) == 1 and "not a run directory" in lines[0] and "internal error" not in lines[0]
