@@ -67,7 +67,6 @@ class Joined:
     unmatched_driver: list[DriverRecord]  # driver records the kernel did not see
     heuristic_joins: int = 0
     notes: list[str] = field(default_factory=list)
-    by_kernel_id: dict[str, JoinedRequest] = field(default_factory=dict)
 
     @property
     def answered(self) -> list[JoinedRequest]:
@@ -127,7 +126,7 @@ def join(evidence: Evidence) -> Joined:
         requests=under_test, agent_requests=[r.kernel for r in agent],
         agent_spans=[s for r in agent for s in r.spans], unjoined_spans=unjoined,
         unattributed_outbound=unattributed, unmatched_driver=unmatched_driver,
-        heuristic_joins=heuristic, notes=notes, by_kernel_id=by_id,
+        heuristic_joins=heuristic, notes=notes,
     )
 
 

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from agent.errcodes import entry_wire_code
 from agent.evidence import DriverRecord
 from conformance.httpsem import route_matches
 
 FANOUT_SUFFIX = "@fanout"
 DEFAULT_BIZ_CODE_HEADER = "X-Biz-Code"
 BIZ_DEFAULT = "default"
-MAX_REASON = 0xFFF
 
 
 def fanout_routes(scenario: dict[str, Any]) -> list[str]:
@@ -56,19 +56,6 @@ def expected_biz_code(scenario: dict[str, Any], d: DriverRecord) -> str:
     return (value or "").strip(" \t") or BIZ_DEFAULT
 
 
-def wire_code(entry: Any) -> str | None:
-    """``<domain>_<reason as 3 upper-case hex digits>`` of a catalogue entry, None when the
-    entry has no usable domain and reason (EC-005 says why)."""
-    if not isinstance(entry, dict):
-        return None
-    domain, reason = entry.get("domain"), entry.get("reason")
-    if not isinstance(domain, str) or not domain:
-        return None
-    if isinstance(reason, bool) or not isinstance(reason, int) or not 0 <= reason <= MAX_REASON:
-        return None
-    return f"{domain}_{reason:03X}"
-
-
 def errcodes(scenario: dict[str, Any]) -> list[Any]:
     entries = scenario.get("errcodes")
     return entries if isinstance(entries, list) else []
@@ -78,7 +65,7 @@ def catalogue_by_code(scenario: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Catalogue entries by wire code (the first entry wins when a code repeats: EC-005)."""
     out: dict[str, dict[str, Any]] = {}
     for entry in errcodes(scenario):
-        code = wire_code(entry)
+        code = entry_wire_code(entry)
         if code is not None and code not in out:
             out[code] = entry
     return out

@@ -7,9 +7,10 @@ import re
 from collections import Counter
 from typing import Any
 
+from agent.errcodes import MAX_REASON, entry_wire_code
 from conformance.model import Finding
 from conformance.registry import CheckContext, check
-from conformance.scenario import MAX_REASON, errcodes, wire_code
+from conformance.scenario import errcodes
 
 SEVERITIES = ("INFO", "WARN", "FATAL")
 # gRPC status codes (grpc/doc/statuscodes.md) an error can map to: every code but OK.
@@ -80,11 +81,11 @@ def catalogue_valid(ctx: CheckContext) -> Finding:
                                "catalogue)")
     problems = []
     for i, entry in enumerate(entries):
-        code = wire_code(entry)
+        code = entry_wire_code(entry)
         label = f"errcodes[{i}]" + (f" ({code})" if code else "")
         problems += [f"{label}: {p}" for p in entry_problems(entry)]
     names = Counter(e.get("name") for e in entries if isinstance(e, dict) and e.get("name"))
-    codes = Counter(c for c in map(wire_code, entries) if c)
+    codes = Counter(c for c in map(entry_wire_code, entries) if c)
     problems += [f"name {n!r} is used by {k} entries" for n, k in names.items() if k > 1]
     problems += [f"wire code {c} is derived by {k} entries (domain and reason must be unique)"
                  for c, k in codes.items() if k > 1]

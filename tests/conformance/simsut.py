@@ -26,11 +26,12 @@ from prometheus_client.openmetrics.exposition import generate_latest as om_lates
 
 from agent import scenario as scenario_mod
 from agent.driver import PlannedRequest
+from agent.errcodes import entry_wire_code
 from agent.evidence import DRIVER_USER_AGENT, DownstreamRecord, DriverRecord, LogRecord
 from agent.otlp_decode import spans_from_request
 from agent.phases import plan
 from agent.tracecontext import parse_traceparent
-from conformance.scenario import route_of, wire_code
+from conformance.scenario import route_of
 from tests.conformance.builders import MS, OPENMETRICS, PROM_TEXT, US, RunBuilder
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -230,7 +231,7 @@ class SimSut:
     def _outcome(self, req: PlannedRequest) -> tuple[int, str | None, dict | None]:
         if req.case.startswith("ec/"):
             for entry in self.scenario["errcodes"]:
-                code = wire_code(entry)
+                code = entry_wire_code(entry)
                 if code == req.case[3:]:
                     status = entry["http_status"] if isinstance(entry["http_status"], int) else 500
                     return self.f.wrong_status.get(code, status), code, entry

@@ -10,6 +10,7 @@ import pytest
 from conformance import evaluate
 from conformance.checks.ec_catalogue import entry_problems
 from conformance.model import Status
+from conformance.scenario import catalogue_by_code
 from tests.conformance.builders import result
 from tests.conformance.simsut import refservice_scenario
 
@@ -117,3 +118,17 @@ def test_without_a_catalogue_every_ec_check_skips(sim):
 def test_entry_problems_of_a_valid_entry_is_empty():
     assert entry_problems(_entry()) == []
     assert entry_problems("AUTH_001") == ["is a str, not a mapping of fields"]
+
+
+def test_conformance_and_the_driver_share_one_wire_code_rule(monkeypatch, sim):
+    """SPEC §4's wire code lives in agent.errcodes alone: changing it there changes what
+    EC checks expect (a second copy in conformance would not follow)."""
+    import agent.errcodes
+
+    scenario = refservice_scenario()
+    monkeypatch.setattr(agent.errcodes, "wire_code", lambda domain, reason: f"{domain}-{reason}")
+    assert set(catalogue_by_code(scenario)) == {f"{e['domain']}-{e['reason']}"
+                                                for e in scenario["errcodes"]}
+    r = one(sim(), "EC-005")
+    assert sorted(r.observed["wire_codes"]) == sorted(
+        f"{e['domain']}-{e['reason']}" for e in scenario["errcodes"])
