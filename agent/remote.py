@@ -15,12 +15,12 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Callable
 from urllib.parse import urlsplit
 
+from agent import REPORT_NAME
 from agent.errors import ObsconformError
 from agent.evidence import write_json_atomic
 
 log = logging.getLogger(__name__)
 
-REPORT_NAME = "CNCF-compliance-report.json"
 POLL_S = 1.0
 HTTP_TIMEOUT_S = 30.0
 # Bound on what an evidence archive may unpack to, so a hostile agent cannot fill the disk.

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from agent import __version__
+from agent import REPORT_NAME, __version__
 from agent._http import parse_listen
 from agent import scenario as scenario_mod
 from agent.errors import InputError, ObsconformError, ProbeError
@@ -25,7 +25,6 @@ from agent.sut import (
 
 log = logging.getLogger(__name__)
 
-REPORT_NAME = "CNCF-compliance-report.json"
 DEFAULT_SETTLE_QUIET_S = 1.0
 DEFAULT_SETTLE_TIMEOUT_S = 15.0
 # On top of the SUT's span export delay: one export's own time and scheduling jitter.

@@ -6,10 +6,9 @@ import http.client
 import logging
 import threading
 import time
-import zlib
 from urllib.parse import urlsplit
 
-from agent._http import user_agent
+from agent._http import decode_content, user_agent
 from agent.evidence import AGENT_USER_AGENT, EvidenceWriter, Scrape
 from agent.exposition import labels_key, parse_exposition
 
@@ -131,8 +130,10 @@ class Scraper:
             record.status = resp.status
             record.content_type = resp.getheader("Content-Type", "")
             body = self._read(resp, deadline)
-            if (resp.getheader("Content-Encoding") or "").lower() == "gzip":
-                body = _gunzip(body, self.max_body_bytes)
+            encoding = (resp.getheader("Content-Encoding") or "").lower()
+            if encoding in ("gzip", "x-gzip"):
+                # BodyError (a ValueError): a bad, truncated or oversized gzip body fails the scrape.
+                body = decode_content(body, encoding, self.max_body_bytes)
             if resp.status != 200:
                 record.error = f"HTTP {resp.status} {resp.reason}".strip()
             return record, body
@@ -153,17 +154,6 @@ class Scraper:
                 raise TimeoutError(f"body not read within {self.timeout_s}s")
             parts.append(chunk)
         return b"".join(parts)
-
-
-def _gunzip(body: bytes, limit: int) -> bytes:
-    inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
-    try:
-        out = inflater.decompress(body, limit + 1)
-    except zlib.error as e:
-        raise ValueError(f"bad gzip body: {e}") from e
-    if len(out) > limit:
-        raise ValueError(f"inflated body exceeds {limit} bytes")
-    return out
 
 
 class ScrapeLoop:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, urlsplit
 
-from agent import __version__
+from agent import REPORT_NAME, __version__
 from agent.daemon.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from agent.daemon.spec import SpecError, run_out_dir, schema, validate
 
@@ -27,7 +27,6 @@ log = logging.getLogger(__name__)
 JSON = "application/json"
 _RUN = re.compile(r"^/v1/runs/(?P<id>[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})"
                   r"(?P<sub>/report|/evidence|/cancel)?$")
-REPORT_NAME = "CNCF-compliance-report.json"
 # A client that stops sending mid-request is dropped after this long.
 HANDLER_TIMEOUT_S = 30.0
 

@@ -20,7 +20,7 @@ from agent.kernel.clock import ClockMap, measure
 from agent.kernel.events import CTR_RINGBUF_DROPS, RecordError, decode
 from agent.kernel.inflight import Primer
 from agent.kernel.probes import (
-    DEFAULT_CAPTURE_BYTES, DEFAULT_MAP_ENTRIES, DEFAULT_RINGBUF_PAGES, ProbeConfig, Probes, bpf_source,
+    DEFAULT_CAPTURE_BYTES, DEFAULT_MAP_ENTRIES, DEFAULT_RINGBUF_PAGES, ProbeConfig, Probes,
 )
 
 log = logging.getLogger(__name__)
@@ -335,16 +335,6 @@ class KernelCollector:
             out["missing_tracepoints"] = list(self._probes.missing)
         return out
 
-    def cpu_seconds(self) -> float | None:
-        """CPU time (user + system) the polling thread has used, while it runs."""
-        thread = self._thread
-        if thread is None or not thread.is_alive() or thread.ident is None:
-            return None
-        try:
-            return time.clock_gettime(time.pthread_getcpuclockid(thread.ident))
-        except OSError:
-            return None
-
     def program_run_stats(self) -> dict[str, dict[str, int]]:
         """Runs and run time of each BPF program (needs BPF run-time statistics enabled)."""
         if self._probes is None:
@@ -365,10 +355,6 @@ class KernelCollector:
             return set()
         with self._lock:
             return self._probes.program_ids()
-
-    def print_bpf(self) -> str:
-        """The C source and flags this collector compiles (for --print-bpf)."""
-        return bpf_source(self.config)
 
 
 def _sigterm_to_exit(signum: int, _frame: object) -> None:

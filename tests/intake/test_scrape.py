@@ -176,3 +176,36 @@ def test_wait_stable_waits_for_late_counts_and_ignores_self_counted_scrapes(bump
             assert time.monotonic() - t0 >= 0.55
     finally:
         exp.close()
+
+
+@pytest.mark.parametrize("body, fragment", [
+    (lambda gz: gz[: len(gz) // 2], "truncated"),
+    (lambda gz: b"not gzip at all", "bad gzip body"),
+], ids=["truncated-gzip", "not-gzip"])
+def test_a_broken_gzip_body_fails_the_scrape(writer, body, fragment):
+    import gzip
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    payload = body(gzip.compress(b"# TYPE jobs counter\njobs_total 1\n" * 200))
+
+    class Gzipped(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain; version=0.0.4")
+            self.send_header("Content-Encoding", "gzip")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Gzipped)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        scrape = Scraper(f"http://127.0.0.1:{server.server_port}/metrics", writer).scrape("during")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert fragment in scrape.error, scrape

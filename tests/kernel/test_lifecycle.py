@@ -140,7 +140,9 @@ def test_cgroup_filter_traces_the_processes_of_that_cgroup(kernel_ok, start_serv
 
 
 def test_print_bpf_shows_the_program_and_its_flags():
-    text = KernelCollector(capture_bytes=512).print_bpf()
+    from agent.kernel import bpf_source
+
+    text = bpf_source(KernelCollector(capture_bytes=512).config)  # what the collector compiles
     assert "-DCAPTURE_BYTES=512" in text
     for part in ("struct http_event {", "scan_header_end(", "int obsc_ex_io("):
         assert part in text
