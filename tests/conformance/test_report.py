@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import uuid
 import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -184,11 +186,28 @@ def test_schema_rejects_bad_values(report, mutate, fragment):
     assert any(fragment in e for e in validate_report(broken))
 
 
-def test_write_report_is_atomic_and_leaves_no_temp_file(report, tmp_path):
+def test_write_report_writes_the_whole_report_and_leaves_no_temp_file(report, tmp_path):
     out = tmp_path / "out" / "CNCF-compliance-report.json"
     write_report(report, out)
     assert json.loads(out.read_text()) == json.loads(json.dumps(report))
     assert [p.name for p in out.parent.iterdir()] == [out.name]
+
+
+def test_write_report_is_atomic_when_the_rename_fails(report, tmp_path, monkeypatch):
+    (tmp_path / "out").mkdir()
+    out = tmp_path / "out" / "CNCF-compliance-report.json"
+    out.write_text("previous report")
+    seen = []
+
+    def fail_replace(src, dst):
+        seen.append(Path(src).read_text())  # the new report was complete in the temp file
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(os, "replace", fail_replace)
+    with pytest.raises(ReportError, match="cannot write report .*No space left"):
+        write_report(report, out)
+    assert out.read_text() == "previous report", "the old report stays intact"
+    assert [p.name for p in out.parent.iterdir()] == [out.name], "no temp file is left behind"
+    assert json.loads(seen[0])["report_id"] == report["report_id"]
 
 
 def test_an_invalid_report_is_refused_and_nothing_is_written(report, tmp_path):
