@@ -95,7 +95,8 @@ def _common_run_options(f):
                      help="Where run directories and the latest report land."),
         click.option("--junit", type=click.Path(path_type=Path), default=None, help="Also write a JUnit XML file."),
         click.option("--capture-bytes", default=1024, type=click.IntRange(256, 4096), help="Request bytes captured in the kernel."),
-        click.option("--check", "checks", multiple=True, help="Run only these check IDs (repeatable)."),
+        click.option("--check", "checks", multiple=True,
+                     help="Run only these check IDs or prefixes (repeatable); the verdict is then at best inconclusive."),
     ]
     for opt in reversed(opts):
         f = opt(f)
