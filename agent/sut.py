@@ -123,6 +123,7 @@ class LaunchedSut:
         finally:
             os.close(gate_r)
         self.pid = self.proc.pid
+        self._stopped = False
         self._on_line = on_line
         self._pump = threading.Thread(target=self._pump_output, name="sut-output", daemon=True)
         self._pump.start()
@@ -179,6 +180,9 @@ class LaunchedSut:
         dies leaves its children (the real server) running in the group. Idempotent.
         """
         self.release()
+        if self._stopped:  # never signal the pgid again: its number may belong to others by now
+            return self.proc.returncode
+        self._stopped = True
         pgid = self.proc.pid  # start_new_session: the leader's pid is the group id
         deadline = time.monotonic() + timeout_s
         _killpg(pgid, signal.SIGTERM)
