@@ -1,5 +1,5 @@
 """CNCF-compliance-report.json: build it from check results, decide the verdict, validate it
-against reports/CNCF-compliance-report.schema.json and write it atomically."""
+against conformance/CNCF-compliance-report.schema.json and write it atomically."""
 
 from __future__ import annotations
 
@@ -20,7 +20,8 @@ from conformance.join import is_agent_request
 from conformance.model import CheckResult, Status
 
 SCHEMA_VERSION = "1.0"
-SCHEMA_PATH = Path(__file__).resolve().parents[1] / "reports" / "CNCF-compliance-report.schema.json"
+# Shipped inside the package so that a wheel install (e.g. a CI client) can validate reports.
+SCHEMA_PATH = Path(__file__).resolve().with_name("CNCF-compliance-report.schema.json")
 COMPLIANT, NON_COMPLIANT, INCONCLUSIVE = "compliant", "non_compliant", "inconclusive"
 EXIT_CODES = {COMPLIANT: 0, NON_COMPLIANT: 2, INCONCLUSIVE: 3}
 DISCLAIMER = (
