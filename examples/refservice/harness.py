@@ -16,6 +16,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from .faults import ActiveFaults
+from .outbound import outbound_headers
 
 TIMEOUT_S = 2.0
 MAX_ACTIONS = 16
@@ -81,11 +82,7 @@ class HarnessCaller:
             "POST", kind=SpanKind.CLIENT, attributes=attributes, record_exception=False,
             set_status_on_exception=False,
         ) as span:
-            headers = {"Content-Type": "application/json", "X-Biz-Code": biz_code}
-            if not self._faults.break_propagation:
-                self._propagator.inject(headers)  # parent-id = this client span
-            if self._faults.drop_tracestate:
-                headers.pop("tracestate", None)
+            headers = outbound_headers(biz_code, self._faults, self._propagator)
             conn = http.client.HTTPConnection(u.hostname, port, timeout=TIMEOUT_S)
             try:
                 conn.request("POST", path, body=json.dumps(action.arguments).encode(), headers=headers)

@@ -17,6 +17,17 @@ RESERVE_PATH = "/inventory/reserve"
 TIMEOUT_S = 2.0
 
 
+
+def outbound_headers(biz_code: str, faults, propagator) -> dict[str, str]:
+    """Headers of a call the service makes while serving a request: JSON, this request's
+    bizCode and, unless a fault breaks it, its trace context (parent-id = the current span)."""
+    headers = {"Content-Type": "application/json", "X-Biz-Code": biz_code}
+    if not faults.break_propagation:
+        propagator.inject(headers)
+    if faults.drop_tracestate:
+        headers.pop("tracestate", None)
+    return headers
+
 class DownstreamError(Exception):
     """The inventory service could not be reached or answered with an error."""
 
@@ -62,11 +73,7 @@ class InventoryClient:
             "POST", kind=SpanKind.CLIENT, attributes=attributes, record_exception=False,
             set_status_on_exception=False,
         ) as span:
-            headers = {"Content-Type": "application/json", "X-Biz-Code": biz_code}
-            if not self._faults.break_propagation:
-                self._propagator.inject(headers)  # parent-id = this client span
-            if self._faults.drop_tracestate:
-                headers.pop("tracestate", None)
+            headers = outbound_headers(biz_code, self._faults, self._propagator)
             conn_cls = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
             conn = conn_cls(self._host, self._port, timeout=TIMEOUT_S)
             try:
