@@ -14,7 +14,8 @@ REQUIRE_KERNEL = os.environ.get("OBSCONFORM_REQUIRE_KERNEL") == "1"
 def pytest_runtest_makereport(item, call):
     outcome = yield
     report = outcome.get_result()
-    if REQUIRE_KERNEL and report.skipped and item.get_closest_marker("kernel") is not None:
+    needs_kernel = item.get_closest_marker("kernel") is not None or "kernel_ok" in getattr(item, "fixturenames", ())
+    if REQUIRE_KERNEL and report.skipped and needs_kernel:
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
         report.outcome = "failed"
         report.longrepr = f"kernel test skipped where kernel tests are required: {reason}"
