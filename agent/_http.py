@@ -10,6 +10,7 @@ import zlib
 from functools import lru_cache
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import metadata
+from urllib.parse import SplitResult, urlsplit
 
 from agent.errors import InputError, ObsconformError
 
@@ -47,6 +48,16 @@ def parse_listen(value: str, option: str, example: str = "127.0.0.1:4318") -> tu
     except ValueError as e:
         raise InputError(f"{option} {value!r}: the host must be an IP address, e.g. {example}") from e
     return host, int(port_s)
+
+
+def client_target(url: str, timeout_s: float, param: str = "url") -> SplitResult:
+    """Check a client's target URL and timeout (ValueError naming the parameter); the parts."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{param} must be an http:// or https:// URL, got {url!r}")
+    if timeout_s <= 0:
+        raise ValueError(f"timeout_s must be positive, got {timeout_s}")
+    return parts
 
 
 class BodyError(ValueError):

@@ -9,9 +9,8 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit
 
-from agent._http import user_agent
+from agent._http import client_target, user_agent
 from agent.evidence import DRIVER_USER_AGENT, DriverRecord, EvidenceWriter
 from agent.tracecontext import new_traceparent, parse_traceparent
 
@@ -60,11 +59,7 @@ class LoadDriver:
         timeout_s: float = 10.0,
         keep_alive: bool = True,
     ) -> None:
-        parts = urlsplit(base_url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"base_url must be an http:// or https:// URL, got {base_url!r}")
-        if timeout_s <= 0:
-            raise ValueError(f"timeout_s must be positive, got {timeout_s}")
+        parts = client_target(base_url, timeout_s, "base_url")
         self.base_url = base_url
         self.writer = writer
         self.timeout_s = timeout_s

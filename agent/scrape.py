@@ -6,9 +6,8 @@ import http.client
 import logging
 import threading
 import time
-from urllib.parse import urlsplit
 
-from agent._http import decode_content, user_agent
+from agent._http import client_target, decode_content, user_agent
 from agent.evidence import AGENT_USER_AGENT, EvidenceWriter, Scrape
 from agent.exposition import labels_key, parse_exposition
 
@@ -55,11 +54,7 @@ class Scraper:
         timeout_s: float = 5.0,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     ) -> None:
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"url must be an http:// or https:// URL, got {url!r}")
-        if timeout_s <= 0:
-            raise ValueError(f"timeout_s must be positive, got {timeout_s}")
+        parts = client_target(url, timeout_s)
         self.url = url
         self.writer = writer
         self.timeout_s = timeout_s
