@@ -184,3 +184,26 @@ def test_kt006_judges_late_ends_by_their_median(run, shifted, status, fragment):
     assert r.status == status, r.message
     assert fragment in r.message
     assert len(r.evidence["late_ends (reported only)"]) == shifted
+
+
+class LateEndExporter(SemconvExporter):
+    """Observes every Nth request 5 ms too long (a thread descheduled after its last write)."""
+
+    def __init__(self, every: int) -> None:
+        super().__init__()
+        self.every, self.n = every, 0
+
+    def observe(self, method, route, path, status, seconds):
+        self.n += 1
+        super().observe(method, route, path, status, seconds + (0.005 if self.n % self.every == 0 else 0))
+
+
+@pytest.mark.parametrize("every, status", [(66, Status.PASS), (10, Status.FAIL)],
+                         ids=["3-of-200-outliers-pass", "20-of-200-misplaced-fail"])
+def test_kt004_judges_the_misplaced_share_at_95_percent_confidence(run, every, status):
+    # 7.9 ms is surely under the 10 ms bound (2 ms slack); 5 ms more is surely past it.
+    ev = load(run(exporter=LateEndExporter(every)), [Req(path=f"/items/{i}", dur_ns=int(7.9 * MS))
+                                                     for i in range(200)])
+    r = one(ev, "KT-004")
+    assert r.status == status, r.message
+    assert r.observed["misplaced"] == 200 // every
