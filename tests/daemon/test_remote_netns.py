@@ -8,6 +8,7 @@ import os
 import secrets
 import subprocess
 import sys
+import time
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,18 @@ class Hosts:
                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
 
+def _link_index(ns, ifname: str, timeout_s: float = 5.0) -> int:
+    """The index of ``ifname`` in ``ns``: a link just moved there can take a moment to show."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        found = ns.link_lookup(ifname=ifname)
+        if found:
+            return found[0]
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{ifname} did not appear in its namespace within {timeout_s} s")
+        time.sleep(0.02)
+
+
 @pytest.fixture
 def hosts():
     from pyroute2 import IPRoute, NetNS, netns
@@ -50,7 +63,7 @@ def hosts():
             ip.link("set", index=ip.link_lookup(ifname=veth_c)[0], net_ns_fd=ci_ns)
         for ns, ifname, addr in ((agent_ns, veth_a, f"{subnet}.1"), (ci_ns, veth_c, f"{subnet}.2")):
             with NetNS(ns) as n:
-                idx = n.link_lookup(ifname=ifname)[0]
+                idx = _link_index(n, ifname)
                 n.addr("add", index=idx, address=addr, prefixlen=30)
                 n.link("set", index=idx, state="up")
                 n.link("set", index=n.link_lookup(ifname="lo")[0], state="up")
