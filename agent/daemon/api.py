@@ -52,6 +52,14 @@ class ApiHandler(BaseHTTPRequestHandler):
         log.debug("%s " + format, self.client_address[0], *args)
 
     # -- plumbing ---------------------------------------------------------------------
+    def send_response(self, code: int, message: str | None = None) -> None:
+        # Counted before the first byte leaves: a client that has read this response and then
+        # scrapes /metrics on another connection must already see it counted.
+        if not self._counted:
+            self._counted = True
+            self.daemon.metrics.api_requests.labels(self._metric_route, str(code)).inc()
+        super().send_response(code, message)
+
 
     def _send(self, status: int, body: bytes, content_type: str, headers: dict[str, str] | None = None) -> None:
         self.send_response(status)
@@ -71,15 +79,13 @@ class ApiHandler(BaseHTTPRequestHandler):
 
     def _dispatch(self) -> None:
         path = urlsplit(self.path).path
-        route = "other"
-        status = 500
+        self._metric_route, self._counted = "other", False
         try:
             if path == "/v1" or path.startswith("/v1/"):
                 self._authenticate()  # before routing: without a token nothing about /v1 is told
-            route, handler = self._route(path)
-            status = handler() or 200
+            self._metric_route, handler = self._route(path)
+            handler()
         except ApiError as e:
-            status = e.status
             if self.headers.get("Transfer-Encoding") or self.headers.get("Content-Length", "0").strip() != "0":
                 self.close_connection = True  # the body may be unread: the connection is not reusable
             self._json(e.status, {"error": str(e)}, e.headers)
@@ -89,7 +95,6 @@ class ApiHandler(BaseHTTPRequestHandler):
             log.exception("API: %s %s failed", self.command, path)
             self.close_connection = True
             self._json(500, {"error": f"internal error: {type(e).__name__}; see the daemon log"})
-        self.daemon.metrics.api_requests.labels(route, str(status)).inc()
 
     do_GET = do_POST = do_DELETE = do_PUT = do_PATCH = do_HEAD = _dispatch
 
@@ -155,27 +160,23 @@ class ApiHandler(BaseHTTPRequestHandler):
 
     # -- routes -----------------------------------------------------------------------
 
-    def get_health(self) -> int:
+    def get_health(self) -> None:
         counts = self.daemon.store.counts()
         self._json(200, {"status": "ok", "version": __version__, "queued": counts["queued"],
                          "running": self.daemon.worker.current})
-        return 200
 
-    def get_metrics(self) -> int:
+    def get_metrics(self) -> None:
         self._send(200, self.daemon.metrics.exposition(), METRICS_CONTENT_TYPE)
-        return 200
 
-    def get_schema(self) -> int:
+    def get_schema(self) -> None:
         self._json(200, schema())
-        return 200
 
-    def list_runs(self) -> int:
+    def list_runs(self) -> None:
         runs = [{k: v for k, v in r.public().items() if k not in ("progress", "spec")}
                 for r in self.daemon.store.list()]
         self._json(200, {"runs": runs})
-        return 200
 
-    def post_run(self) -> int:
+    def post_run(self) -> None:
         spec = self._read_json()
         daemon = self.daemon
         try:
@@ -193,9 +194,8 @@ class ApiHandler(BaseHTTPRequestHandler):
                 "links": {"self": f"/v1/runs/{run.id}", "report": f"/v1/runs/{run.id}/report",
                           "evidence": f"/v1/runs/{run.id}/evidence"}}
         self._json(202, body, {"Location": f"/v1/runs/{run.id}"})
-        return 202
 
-    def get_run(self, run_id: str) -> int:
+    def get_run(self, run_id: str) -> None:
         query = parse_qs(urlsplit(self.path).query)
         try:
             since = max(0, int(query.get("since", ["0"])[0]))
@@ -205,9 +205,8 @@ class ApiHandler(BaseHTTPRequestHandler):
         body = run.public()
         body["position"] = self.daemon.store.queue_position(run_id)
         self._json(200, body)
-        return 200
 
-    def cancel_run(self, run_id: str) -> int:
+    def cancel_run(self, run_id: str) -> None:
         run = self._run(run_id)
         store = self.daemon.store
         if run.state == "queued" and store.cancel_queued(run_id):
@@ -218,7 +217,6 @@ class ApiHandler(BaseHTTPRequestHandler):
         else:
             raise ApiError(409, f"run {run_id} already ended ({run.state}); nothing to cancel")
         self._json(202, {"id": run_id, "state": self._run(run_id).state, "cancel_requested": True})
-        return 202
 
     def _finished(self, run_id: str):
         run = self._run(run_id)
@@ -226,16 +224,15 @@ class ApiHandler(BaseHTTPRequestHandler):
             raise ApiError(409, f"run {run_id} is {run.state}; poll GET /v1/runs/{run_id} until it ends")
         return run
 
-    def get_report(self, run_id: str) -> int:
+    def get_report(self, run_id: str) -> None:
         run = self._finished(run_id)
         path = Path(run.run_dir) / REPORT_NAME if run.run_dir else None
         if path is None or not path.is_file():
             raise ApiError(404, f"run {run_id} ended {run.state} without a report"
                                 + (f": {run.reason}" if run.reason else ""))
         self._send(200, path.read_bytes(), JSON)
-        return 200
 
-    def get_evidence(self, run_id: str) -> int:
+    def get_evidence(self, run_id: str) -> None:
         run = self._finished(run_id)
         out_dir = Path(run.out_dir)
         if not out_dir.is_dir():
@@ -255,4 +252,3 @@ class ApiHandler(BaseHTTPRequestHandler):
             self.send_header("Content-Disposition", f'attachment; filename="obsconform-{run_id}.tar.gz"')
             self.end_headers()
             shutil.copyfileobj(tmp, self.wfile, 256 * 1024)
-        return 200
