@@ -20,7 +20,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml
 	@$(PY) -c 'import bcc' 2>/dev/null || { rm -rf $(VENV) && /usr/bin/python3 -m venv --system-site-packages $(VENV); }
 	@echo "setup: installing Python dependencies into $(VENV)" >&2
-	@$(PY) -m pip install -q --disable-pip-version-check -e '.[examples,test]' > $(VENV)/pip.log 2>&1 \
+	@$(PY) -m pip install -q --disable-pip-version-check -e '.[examples,test,bench]' > $(VENV)/pip.log 2>&1 \
 		|| { cat $(VENV)/pip.log >&2; echo "setup: pip install failed (log above)" >&2; exit 1; }
 	@touch $@
 
