@@ -23,6 +23,7 @@ BENCHES = {
     "kernel": ("tests.kernel.bench_kernel", {"n": 50_000}),
     "rate": ("tests.bench.rate", {}),
     "drift": ("tests.bench.drift", {}),
+    "analysis": ("tests.bench.analysis", {}),
 }
 
 
@@ -37,6 +38,8 @@ def _summary(name: str, fig: dict) -> str:
     if name == "drift":
         errs = ", ".join(f"D={r['delay_ms']}ms {r['error_vs_D_us']}us" for r in fig["runs"][1:])
         return f"drift: |median(D)-median(0)-D| {errs} (goal {fig['goal_us']} us)"
+    if name == "analysis":
+        return __import__("tests.bench.analysis", fromlist=["summary"]).summary(fig)
     return name
 
 
