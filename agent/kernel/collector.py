@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import atexit
-import ctypes
 import gc
 import logging
 import os
 import signal
 import threading
+import mmap
 import time
 from collections import Counter, deque
+from typing import Iterator
 
 from agent.evidence import EvidenceWriter, KernelRequest
 from agent.kernel import stats as kstats
@@ -19,6 +20,8 @@ from agent.kernel.cgroups import cgroup_pids
 from agent.kernel.clock import ClockMap, measure
 from agent.kernel.events import CTR_RINGBUF_DROPS, RecordError, decode
 from agent.kernel.inflight import Primer
+from agent.kernel.pacing import IdleBudget
+from agent.kernel.ringbuf import RingReader, records
 from agent.kernel.probes import (
     DEFAULT_CAPTURE_BYTES, DEFAULT_MAP_ENTRIES, DEFAULT_RINGBUF_PAGES, ProbeConfig, Probes,
 )
@@ -27,13 +30,12 @@ log = logging.getLogger(__name__)
 
 POLL_MS = 20  # longest a record waits in the ring when no wake-up comes
 CLOCK_EVERY_S = 1.0  # a wall-clock step is pinned to within this
-# Records are copied out of the ring at once and assembled in slices between polls, so a
-# burst faster than assembly waits in memory, not in the ring. Past MAX_BACKLOG records
-# (~250 MB) the loop stops draining: the ring fills and the kernel counts the drops.
-MAX_BACKLOG = 1_000_000
-ASSEMBLE_SLICE_S = 0.005
-BUSY_BACKLOG = 50_000  # above this, assembly gets 1 ms slices: copying out of the ring comes first
-BUSY_SLICE_S = 0.001
+# Records are copied out of the ring in bulk at once and assembled when the host has idle
+# CPU (agent/kernel/pacing.py), so a burst waits in memory, not in the ring. Past
+# BACKLOG_SOFT_BYTES assembly runs regardless; past BACKLOG_HARD_BYTES the loop stops
+# draining: the ring fills and the kernel counts the drops.
+BACKLOG_SOFT_BYTES = 512 << 20
+BACKLOG_HARD_BYTES = 1 << 30
 POLL_NICE = -5  # the polling thread runs ahead of the SUT's threads for CPU (root only)
 # A full garbage collection walks every assembled request and held the loop for up to ~1 s
 # at 40k requests/s (the ring overflowed meanwhile). Objects that exist are frozen (left out
@@ -76,8 +78,13 @@ class KernelCollector:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._user = Counter()  # user-space counters: received, bad_records, callback_errors
-        self._backlog: deque[bytes] = deque()  # records consumed from the ring, not yet assembled
-        self._backlog_peak = 0
+        self._ring: RingReader | None = None
+        self._pacing = IdleBudget(BACKLOG_SOFT_BYTES)
+        # Chunks copied out of the ring, not assembled yet; the first one is being assembled.
+        self._backlog: deque[tuple[bytes, int]] = deque()
+        self._current: Iterator[memoryview] | None = None  # records left in the first chunk
+        self._backlog_bytes = self._backlog_records = 0
+        self._backlog_peak = self._backlog_bytes_peak = 0
         self._since_freeze = 0
         self._frozen = False
         self._final_kernel: dict[str, int] | None = None
@@ -100,7 +107,8 @@ class KernelCollector:
             self._probes.load(before_attach=self._prime_cgroup if self.config.cgroup else None)
             if self._primer is not None:
                 self._primer.settle()
-            self._probes.bpf[b"events"].open_ring_buffer(self._on_record)
+            events = self._probes.bpf[b"events"]
+            self._ring = RingReader(events.map_fd, self.config.ringbuf_pages * mmap.PAGESIZE)
             self._thread = threading.Thread(target=self._poll_loop, name="obsconform-kernel", daemon=True)
             self._thread.start()
         except BaseException:
@@ -129,6 +137,9 @@ class KernelCollector:
                 except Exception:  # a half-loaded object: detaching matters more
                     log.debug("reading counters at stop failed", exc_info=True)
                 self._probes.unload()
+            if self._ring is not None:
+                self._ring.close()
+        self._pacing.close()
         self._restore_sigterm()
         atexit.unregister(self.stop)
         if self._frozen:
@@ -196,31 +207,47 @@ class KernelCollector:
 
     # --- records ----------------------------------------------------------------------------
 
-    def _on_record(self, _ctx: object, data: int, size: int) -> int:
-        # Called by libbpf inside ring_buffer_poll/consume, with self._lock held: only a copy.
-        self._backlog.append(ctypes.string_at(data, size))
-        self._user["received"] += 1
-        return 0
+    def _take(self) -> int:
+        """Copy every committed record out of the ring (one slice); returns how many."""
+        if self._backlog_bytes >= BACKLOG_HARD_BYTES:
+            return 0  # the ring fills and the kernel counts what it drops
+        chunk, n = self._ring.take()
+        if n:
+            self._backlog.append((chunk, n))
+            self._backlog_bytes += len(chunk)
+            self._backlog_records += n
+            self._user["received"] += n
+            self._backlog_peak = max(self._backlog_peak, self._backlog_records)
+            self._backlog_bytes_peak = max(self._backlog_bytes_peak, self._backlog_bytes)
+        return n
 
     def _assemble(self, budget_s: float | None = None) -> None:
         """Decode and assemble backlog records, all of them or for about ``budget_s``."""
         backlog, feed = self._backlog, self._assembler.feed
-        self._backlog_peak = max(self._backlog_peak, len(backlog))
         deadline = None if budget_s is None else time.monotonic() + budget_s
         n = 0
         while backlog:
-            raw = backlog.popleft()
-            try:
-                feed(decode(raw))
-            except RecordError as e:
-                self._user["bad_records"] += 1
-                self._warn_once("malformed ring-buffer record: %s", e)
-            except Exception as e:  # never let one record stop the loop
-                self._user["callback_errors"] += 1
-                self._warn_once("failed to assemble a record: %r", e)
-            n += 1
-            if deadline is not None and not n & 63 and time.monotonic() >= deadline:
-                break
+            if self._current is None:
+                self._current = records(backlog[0][0])
+            for raw in self._current:
+                try:
+                    feed(decode(raw))
+                except RecordError as e:
+                    self._user["bad_records"] += 1
+                    self._warn_once("malformed ring-buffer record: %s", e)
+                except Exception as e:  # never let one record stop the loop
+                    self._user["callback_errors"] += 1
+                    self._warn_once("failed to assemble a record: %r", e)
+                n += 1
+                if deadline is not None and not n & 63 and time.monotonic() >= deadline:
+                    break
+            else:  # the first chunk is done
+                chunk, count = backlog.popleft()
+                self._current = None
+                self._backlog_bytes -= len(chunk)
+                self._backlog_records -= count
+                continue
+            break  # out of time inside a chunk
         self._since_freeze += n
         if self._since_freeze >= FREEZE_EVERY:
             gc.freeze()
@@ -236,19 +263,23 @@ class KernelCollector:
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), POLL_NICE)
         except (OSError, AttributeError):
             pass
+        pacing, idle_wait = self._pacing, True
         while not self._stop.is_set():
             try:
+                if idle_wait:  # nothing to do now: until a forced wake-up or poll_ms
+                    self._ring.wait(self.poll_ms / 1000)
                 with self._lock:
                     if self._probes is None or self._probes.bpf is None:
                         return
-                    if len(self._backlog) < MAX_BACKLOG:
-                        # returns on a forced wake-up or after poll_ms (at once while work
-                        # waits); consume takes the rest
-                        self._probes.bpf.ring_buffer_poll(0 if self._backlog else self.poll_ms)
-                        self._probes.bpf.ring_buffer_consume()
-                    busy = len(self._backlog) > BUSY_BACKLOG
-                    self._assemble(BUSY_SLICE_S if busy else ASSEMBLE_SLICE_S)
+                    self._take()
+                    grant = pacing.budget(self._backlog_bytes) if self._backlog else 0.0
+                    if grant > 0.0:
+                        t0 = time.monotonic()
+                        self._assemble(grant)
+                        pacing.spent(time.monotonic() - t0)
                     self._sample_clock()
+                    # With records waiting and CPU granted, go on at once; otherwise wait.
+                    idle_wait = not (self._backlog and grant > 0.0)
             except Exception as e:
                 self._user["poll_errors"] += 1
                 self._warn_once("ring-buffer poll failed: %r", e)
@@ -272,11 +303,10 @@ class KernelCollector:
         with self._lock:
             if self._probes is None or self._probes.bpf is None:
                 return 0
+            self._assemble()  # below the hard limit now, so _take() drains
             while True:
-                before = self._user["received"]
-                self._probes.bpf.ring_buffer_consume()
+                got = self._take()
                 self._assemble()
-                got = self._user["received"] - before
                 total += got
                 if got == 0 or time.monotonic() >= deadline:
                     return total
@@ -325,6 +355,9 @@ class KernelCollector:
             per_cpu = self._probes.counter_per_cpu(CTR_RINGBUF_DROPS)
         with self._lock:
             self._user["backlog_peak"] = self._backlog_peak
+            self._user["backlog_bytes_peak"] = self._backlog_bytes_peak
+            self._user["assembly_deferred_s"] = round(self._pacing.deferred_s, 3)
+            self._user["assembly_forced_slices"] = self._pacing.forced
             out = kstats.compose(kernel, per_cpu, self._user, self._assembler.stats,
                                  self._assembler.blind_samples,
                                  self._primer.stats if self._primer else {}, self.config.sizes())

@@ -8,6 +8,7 @@ is left out and reported as a blind spot; read, write and close are required.
 from __future__ import annotations
 
 import ctypes
+import errno
 import json
 import logging
 import os
@@ -18,7 +19,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, TypeVar
 
 from agent.errors import ProbeError
 from agent.kernel.assembler import ConnSnapshot
@@ -26,6 +27,7 @@ from agent.kernel.cgroups import cgroup_id_level
 from agent.kernel.events import COUNTER_NAMES, CTR_NUM
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 BPF_DIR = Path(os.environ.get("OBSCONFORM_BPF_DIR") or Path(__file__).resolve().parents[2] / "bpf")
 PROGRAM_FILE = BPF_DIR / "http_trace.bpf.c"
@@ -134,6 +136,20 @@ def bpf_source(config: ProbeConfig | None = None) -> str:
     return "\n".join(parts)
 
 
+def _retry_interrupted(load: Callable[[], T], tries: int = 5) -> T:
+    """Run a bcc load/attach, again when a signal interrupted the verifier.
+
+    BPF_PROG_LOAD fails with EAGAIN when a signal arrives while the verifier runs (a child
+    exiting, a profiler attaching): that is not a rejection, and a retry succeeds."""
+    for attempt in range(tries):
+        try:
+            return load()
+        except Exception as e:
+            if attempt == tries - 1 or os.strerror(errno.EAGAIN) not in str(e):
+                raise
+    raise AssertionError("unreachable")
+
+
 class Probes:
     """The compiled program, its attachments and its maps."""
 
@@ -168,7 +184,7 @@ class Probes:
         t0 = time.monotonic()
         try:
             # obsc_ex_io tail-calls the header scan: the slot is filled before it can run.
-            scan = self.bpf.load_func(b"obsc_scan", BPF.TRACEPOINT)
+            scan = _retry_interrupted(lambda: self.bpf.load_func(b"obsc_scan", BPF.TRACEPOINT))
             table = self.bpf[b"scan_prog"]
             table[ctypes.c_int(0)] = ctypes.c_int(scan.fd)
         except Exception as e:
@@ -183,7 +199,7 @@ class Probes:
                 raise
         try:
             for fn, tp in plan:
-                self.bpf.attach_tracepoint(tp=tp.encode(), fn_name=fn.encode())
+                _retry_interrupted(lambda: self.bpf.attach_tracepoint(tp=tp.encode(), fn_name=fn.encode()))
                 self.attached.append((fn, tp))
         except Exception as e:
             self.unload()
