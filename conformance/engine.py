@@ -15,7 +15,7 @@ from typing import Any, Iterable
 
 import conformance.checks  # noqa: F401  (registers every implemented check)
 from agent.errors import InputError
-from agent.evidence import Evidence
+from agent.evidence import Evidence, gc_paused
 from conformance.catalogue import Catalogue, CheckSpec, load_catalogue
 from conformance.gate import NO_EBPF, kernel_gate
 from conformance.model import NOT_IMPLEMENTED, CheckResult, Finding, Status
@@ -88,9 +88,11 @@ def evaluate(evidence: Evidence, select: list[str] | None = None,
     gate = kernel_gate(evidence.meta)
     cache: dict[str, Any] = {}
     results = []
-    for spec in specs:
-        ctx = CheckContext(evidence, spec, effective.get(spec.id, {}), cache)
-        results.append(_to_result(spec, _run_one(spec, ctx, gate)))
+    # The join and the views build millions of small objects that hold no cycles.
+    with gc_paused():
+        for spec in specs:
+            ctx = CheckContext(evidence, spec, effective.get(spec.id, {}), cache)
+            results.append(_to_result(spec, _run_one(spec, ctx, gate)))
     return results
 
 
