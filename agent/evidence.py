@@ -24,6 +24,7 @@ import contextlib
 import dataclasses
 import functools
 import gc
+import itertools
 import json
 import math
 import os
@@ -313,16 +314,20 @@ class EvidenceWriter:
         self._scrape_seq = 0
 
     def _append(self, name: str, records: Iterable[Any]) -> int:
-        lines = [json.dumps(to_dict(r), separators=(",", ":"), default=str) for r in records]
-        if not lines:
-            return 0
+        # Serialised in batches: a million kernel requests must not be held twice as text.
+        n = 0
         with self._lock:
             f = self._files.get(name)
-            if f is None:
-                f = self._files[name] = open(self.run_dir / name, "a", encoding="utf-8")
-            f.write("\n".join(lines) + "\n")
-            f.flush()
-        return len(lines)
+            it = iter(records)
+            while batch := list(itertools.islice(it, 4096)):
+                if f is None:
+                    f = self._files[name] = open(self.run_dir / name, "a", encoding="utf-8")
+                f.write("".join(json.dumps(to_dict(r), separators=(",", ":"), default=str) + "\n"
+                                for r in batch))
+                n += len(batch)
+            if n:
+                f.flush()
+        return n
 
     def kernel(self, records: Iterable[KernelRequest]) -> int:
         return self._append(KERNEL_FILE, records)

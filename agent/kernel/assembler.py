@@ -373,10 +373,17 @@ class Assembler:
                 self._done.append(req)
             del self._conns[key]
 
-    def requests(self, clock: ClockMap) -> list[KernelRequest]:
-        """Finished requests (all requests after ``finish_open``), in request-start order."""
+    def requests(self, clock: ClockMap, release: bool = False) -> list[KernelRequest]:
+        """Finished requests (all requests after ``finish_open``), in request-start order.
+        With ``release`` the assembler lets go of them as they are converted (the last call):
+        a run's requests are then never held twice."""
         done = sorted(self._done, key=lambda r: int(r.id[1:]))
-        return [r.to_record(clock) for r in done]
+        if not release:
+            return [r.to_record(clock) for r in done]
+        self._done = []
+        for i, r in enumerate(done):
+            done[i] = r.to_record(clock)
+        return done  # type: ignore[return-value]  (now KernelRequest, in place)
 
     def open_connections(self) -> int:
         return len(self._conns)

@@ -85,6 +85,7 @@ class KernelCollector:
         self._current: Iterator[memoryview] | None = None  # records left in the first chunk
         self._backlog_bytes = self._backlog_records = 0
         self._backlog_peak = self._backlog_bytes_peak = 0
+        self._last_take = self._drain_gap_max = 0.0
         self._since_freeze = 0
         self._frozen = False
         self._final_kernel: dict[str, int] | None = None
@@ -271,6 +272,10 @@ class KernelCollector:
                 with self._lock:
                     if self._probes is None or self._probes.bpf is None:
                         return
+                    now = time.monotonic()
+                    if self._last_take:  # the longest the ring went unread: what its size must cover
+                        self._drain_gap_max = max(self._drain_gap_max, now - self._last_take)
+                    self._last_take = now
                     self._take()
                     grant = pacing.budget(self._backlog_bytes) if self._backlog else 0.0
                     if grant > 0.0:
@@ -303,12 +308,12 @@ class KernelCollector:
         with self._lock:
             if self._probes is None or self._probes.bpf is None:
                 return 0
-            self._assemble()  # below the hard limit now, so _take() drains
             while True:
+                full = self._backlog_bytes >= BACKLOG_HARD_BYTES  # _take() skips the ring
                 got = self._take()
                 self._assemble()
                 total += got
-                if got == 0 or time.monotonic() >= deadline:
+                if (got == 0 and not full) or time.monotonic() >= deadline:
                     return total
 
     def finish(self) -> list[KernelRequest]:
@@ -327,7 +332,7 @@ class KernelCollector:
             self._assembler.finish_open(snapshots)
         self.stop()
         self._clock.close(measure())
-        self._final = self._assembler.requests(self._clock)
+        self._final = self._assembler.requests(self._clock, release=True)
         if self.writer is not None:
             self.writer.kernel(self._final)
         return self._final
@@ -356,6 +361,9 @@ class KernelCollector:
         with self._lock:
             self._user["backlog_peak"] = self._backlog_peak
             self._user["backlog_bytes_peak"] = self._backlog_bytes_peak
+            self._user["drain_gap_max_ms"] = round(self._drain_gap_max * 1000, 1)
+            if self._ring is not None:
+                self._user["ring_fill_peak_bytes"] = self._ring.fill_peak
             self._user["assembly_deferred_s"] = round(self._pacing.deferred_s, 3)
             self._user["assembly_forced_slices"] = self._pacing.forced
             out = kstats.compose(kernel, per_cpu, self._user, self._assembler.stats,

@@ -26,8 +26,7 @@ DISCARD_BIT = 1 << 30
 LEN_MASK = ~(BUSY_BIT | DISCARD_BIT) & 0xFFFFFFFF
 HDR_SIZE = 8
 
-_U32 = struct.Struct("<I").unpack_from
-_U64 = struct.Struct("<Q")
+_U32 = struct.Struct("<I").unpack_from  # for copied chunks only: see RingReader
 
 
 class RingReader:
@@ -46,12 +45,20 @@ class RingReader:
         except BaseException:
             self._consumer.close()
             raise
+        # The shared positions and headers are read and written through native-format
+        # memoryviews: one aligned 4- or 8-byte access each. struct's "<Q" goes byte by
+        # byte, and a torn consumer position read by the kernel made it refuse records as
+        # if the ring were full; a torn header would be misread here.
+        self._cons = memoryview(self._consumer).cast("Q")
+        self._prod = memoryview(self._producer)[:8].cast("Q")
         self._data = memoryview(self._producer)[page:]
+        self._hdrs = self._data.cast("I")
         self._fd = os.dup(map_fd)  # our own: the map outlives bcc's fd until we close this one
         self._epoll = select.epoll()
         self._epoll.register(self._fd, select.EPOLLIN)
-        self._pos = _U64.unpack_from(self._consumer, 0)[0]
+        self._pos = self._cons[0]
         self.max_chunk = 0  # the largest chunk taken, bytes
+        self.fill_peak = 0  # the most bytes found waiting in the ring: how close it came to full
 
     def wait(self, timeout_s: float) -> None:
         """Block until the kernel forces a wake-up (records waiting) or ``timeout_s`` passes."""
@@ -59,7 +66,7 @@ class RingReader:
 
     def pending(self) -> int:
         """Bytes written by producers and not consumed yet (committed or not)."""
-        return _U64.unpack_from(self._producer, 0)[0] - self._pos
+        return self._prod[0] - self._pos
 
     def take(self, max_bytes: int | None = None) -> tuple[bytes, int]:
         """Copy out the committed records (up to about ``max_bytes``) and release their space.
@@ -68,12 +75,13 @@ class RingReader:
         the first record still being written: records are committed out of order across CPUs
         but consumed in order."""
         start = pos = self._pos
-        end = _U64.unpack_from(self._producer, 0)[0]  # x86-64 loads are acquire loads
+        end = self._prod[0]  # x86-64 loads are acquire loads
+        self.fill_peak = max(self.fill_peak, end - start)
         if max_bytes is not None:
             end = min(end, start + max_bytes)
-        data, mask, n = self._data, self._mask, 0
+        hdrs, mask, n = self._hdrs, self._mask, 0
         while pos < end:
-            hdr = _U32(data, pos & mask)[0]
+            hdr = hdrs[(pos & mask) >> 2]
             if hdr & BUSY_BIT:
                 break
             pos += ((hdr & LEN_MASK) + HDR_SIZE + 7) & ~7
@@ -81,10 +89,10 @@ class RingReader:
         if pos == start:
             return b"", 0
         off = start & mask
-        chunk = bytes(data[off:off + (pos - start)])  # contiguous: the data area is mapped twice
+        chunk = bytes(self._data[off:off + (pos - start)])  # contiguous: the data area is mapped twice
         # Release only after the copy (program order; x86-64 does not reorder a store before
         # earlier loads). The kernel may reuse the space from here on.
-        _U64.pack_into(self._consumer, 0, pos)
+        self._cons[0] = pos
         self._pos = pos
         self.max_chunk = max(self.max_chunk, len(chunk))
         return chunk, n
@@ -96,7 +104,8 @@ class RingReader:
         self._epoll.close()
         self._epoll = None
         os.close(self._fd)
-        self._data.release()
+        for view in (self._hdrs, self._data, self._prod, self._cons):
+            view.release()
         self._producer.close()
         self._consumer.close()
 
