@@ -303,6 +303,9 @@ def write_json_atomic(path: Path, data: Any) -> None:
     write_text_atomic(path, text + "\n")
 
 
+_encode_line = json.JSONEncoder(separators=(",", ":"), default=str).encode  # one encoder, reused
+
+
 class EvidenceWriter:
     """Appends records to a run directory; safe to call from several threads."""
 
@@ -322,8 +325,7 @@ class EvidenceWriter:
             while batch := list(itertools.islice(it, 4096)):
                 if f is None:
                     f = self._files[name] = open(self.run_dir / name, "a", encoding="utf-8")
-                f.write("".join(json.dumps(to_dict(r), separators=(",", ":"), default=str) + "\n"
-                                for r in batch))
+                f.write("".join(_encode_line(to_dict(r)) + "\n" for r in batch))
                 n += len(batch)
             if n:
                 f.flush()
