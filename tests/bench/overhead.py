@@ -1,0 +1,152 @@
+"""Overhead on the target: the same server at saturation, without and with the agent, side by side.
+
+wrk (2 threads, --latency) drives a server on loopback as fast as it answers, in rounds
+that alternate the order (without→with, then with→without, ...) so that drift of the host
+cancels out. "With" is a KernelCollector (default sizes, as in a run) targeting the server's
+process tree: probes attached before wrk starts, records drained after it stops; compile
+and attach are not in the window (see the startup benchmark for them). Figures per server:
+throughput ratio and p99 latency ratio (with/without, median over rounds, and each round),
+the agent's extra CPU seconds per 100k requests, and the kernel's count against wrk's.
+
+Servers: nginx (Debian, 1 worker, `return 200`) and the reference service (gunicorn gthread,
+1 worker, OpenTelemetry SDK exporting to an OTLP receiver in this process in both arms).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from agent.kernel import KernelCollector
+from agent.otlp import OtlpReceiver
+from tests.bench.rate import NGINX_CONF, _children, _free_port, _listening
+
+GOALS = {"nginx": 0.95, "refservice": 0.98}  # throughput ratio, from issue 6
+_UNIT_S = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}
+_P99 = re.compile(r"^\s+99%\s+([\d.]+)(us|ms|s|m)\s*$", re.M)
+_TOTAL = re.compile(r"(\d+) requests in ([\d.]+)(us|ms|s|m)")
+
+
+def wrk_latency(url: str, conns: int, seconds: int) -> dict:
+    """One wrk run: requests, rate and p99 latency (µs)."""
+    out = subprocess.run(["wrk", "-t2", f"-c{conns}", f"-d{seconds}s", "--latency", url],
+                         capture_output=True, text=True, timeout=seconds + 60, check=True).stdout
+    total, p99 = _TOTAL.search(out), _P99.search(out)
+    if not total or not p99:
+        raise RuntimeError(f"cannot read wrk's output: {out!r}")
+    took = float(total[2]) * _UNIT_S[total[3]]
+    return {"requests": int(total[1]), "rate_per_s": int(total[1]) / took,
+            "p99_us": float(p99[1]) * _UNIT_S[p99[2]] * 1e6}
+
+
+def _arm(url: str, pid: int, conns: int, seconds: int, traced: bool) -> dict:
+    cpu0 = time.process_time()
+    if not traced:
+        fig = wrk_latency(url, conns, seconds)
+        fig["cpu_s"] = time.process_time() - cpu0
+        return fig
+    with KernelCollector() as kc:
+        kc.add_target(pid)
+        before = kc.stats()
+        cpu0 = time.process_time()  # after compile and attach
+        fig = wrk_latency(url, conns, seconds)
+        t0 = time.monotonic()
+        kc.drain(timeout_s=300)
+        fig["catch_up_s"] = round(time.monotonic() - t0, 3)
+        fig["cpu_s"] = time.process_time() - cpu0
+        after = kc.stats()
+    fig["kernel_requests"] = after["assembler"].get("server_requests", 0) - before["assembler"].get("server_requests", 0)
+    fig["agent_loss"] = after["loss"] - before["loss"]
+    return fig
+
+
+def compare(url: str, pid: int, conns: int, seconds: int, rounds: int) -> dict:
+    """Alternating rounds; ratios with/without per round and their medians."""
+    wrk_latency(url, conns, 2)  # warm-up: caches, JIT-free but allocator and page cache
+    rows = []
+    for i in range(rounds):
+        order = (False, True) if i % 2 == 0 else (True, False)
+        arms = {traced: _arm(url, pid, conns, seconds, traced) for traced in order}
+        off, on = arms[False], arms[True]
+        rows.append({
+            "round": i + 1, "order": "without,with" if i % 2 == 0 else "with,without",
+            "rate_without": round(off["rate_per_s"]), "rate_with": round(on["rate_per_s"]),
+            "throughput_ratio": round(on["rate_per_s"] / off["rate_per_s"], 4),
+            "p99_without_us": round(off["p99_us"], 1), "p99_with_us": round(on["p99_us"], 1),
+            "p99_ratio": round(on["p99_us"] / off["p99_us"], 3),
+            "agent_cpu_s_per_100k": round((on["cpu_s"] - off["cpu_s"] * on["requests"] / off["requests"])
+                                          / on["requests"] * 100_000, 3),
+            "wrk_requests_with": on["requests"], "kernel_requests": on["kernel_requests"],
+            "agent_loss": on["agent_loss"], "catch_up_s": on["catch_up_s"],
+        })
+    return {
+        "rounds": rows, "seconds_per_arm": seconds, "connections": conns,
+        "throughput_ratio": round(statistics.median(r["throughput_ratio"] for r in rows), 4),
+        "p99_ratio": round(statistics.median(r["p99_ratio"] for r in rows), 3),
+        "agent_cpu_s_per_100k": round(statistics.median(r["agent_cpu_s_per_100k"] for r in rows), 3),
+        "agent_loss": sum(r["agent_loss"] for r in rows),
+    }
+
+
+def _wait_up(port: int, proc: subprocess.Popen, what: str, children: int = 0) -> None:
+    deadline = time.monotonic() + 30
+    while not _listening(port) or len(_children(proc.pid)) < children:
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"{what} did not start")
+        time.sleep(0.05)
+
+
+@contextmanager
+def nginx_server() -> Iterator[tuple[str, int]]:
+    if not shutil.which("nginx"):
+        raise RuntimeError("nginx is not installed: run `scripts/setup-host.sh bench`")
+    with tempfile.TemporaryDirectory(prefix="obsconform-bench-") as d:
+        port = _free_port()
+        conf = Path(d) / "nginx.conf"
+        conf.write_text(NGINX_CONF.format(workers=1, dir=d, port=port))
+        proc = subprocess.Popen(["nginx", "-c", str(conf), "-p", d], stderr=subprocess.DEVNULL)
+        try:
+            _wait_up(port, proc, "nginx", children=1)
+            yield f"http://127.0.0.1:{port}/", proc.pid
+        finally:
+            proc.terminate()
+            proc.wait(timeout=10)
+
+
+@contextmanager
+def refservice() -> Iterator[tuple[str, int]]:
+    with OtlpReceiver(None) as otlp:
+        port = _free_port()
+        env = {**os.environ, "OTEL_EXPORTER_OTLP_ENDPOINT": otlp.endpoint,
+               "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf", "OTEL_SERVICE_NAME": "refservice"}
+        env = {k: v for k, v in env.items() if not k.startswith("FAULT_")}
+        proc = subprocess.Popen([sys.executable, "-m", "examples.refservice", "--port", str(port)], env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            _wait_up(port, proc, "the reference service", children=1)
+            yield f"http://127.0.0.1:{port}/items/1", proc.pid
+        finally:
+            proc.terminate()
+            proc.wait(timeout=20)
+
+
+def measure(seconds: int = 5, rounds: int = 4) -> dict:
+    if not shutil.which("wrk"):
+        raise RuntimeError("wrk is not installed: run `scripts/setup-host.sh bench`")
+    out = {}
+    for name, server, conns in (("nginx", nginx_server, 16), ("refservice", refservice, 8)):
+        with server() as (url, pid):
+            fig = compare(url, pid, conns, seconds, rounds)
+        fig["goal_throughput_ratio"] = GOALS[name]
+        fig["meets_goal"] = fig["throughput_ratio"] >= GOALS[name]
+        out[name] = fig
+    return out
