@@ -153,6 +153,8 @@ def _attach_nested(requests: list[JoinedRequest], spans: list[Span], unjoined: l
                    ) -> list[Span]:
     """Attach each unjoined SERVER span whose parent chain reaches a joined server span to
     that span's request (``nested_spans``); return the spans still unjoined."""
+    if not unjoined:  # the usual case: no index of every span to build
+        return []
     owner = {(s.trace_id, s.span_id): r for r in requests for s in r.spans}
     by_id = {(s.trace_id, s.span_id): s for s in spans}
     rest = []

@@ -30,14 +30,17 @@ def route_of(scenario: dict[str, Any], path: str) -> str | None:
 
 def is_fanout(scenario: dict[str, Any], d: DriverRecord) -> bool:
     """Whether the request calls the downstream: its case says so, or its route fans out."""
-    if d.case.endswith(FANOUT_SUFFIX):
-        return True
+    return d.case.endswith(FANOUT_SUFFIX) or fans_out(scenario, d.path)
+
+
+def fans_out(scenario: dict[str, Any], target: str) -> bool:
+    """Whether requests to ``target`` (path and query) make the SUT call the downstream."""
     routes = fanout_routes(scenario)
     if not routes:
         return False
-    path = d.path.split("?", 1)[0]
-    template = route_of(scenario, d.path)
-    return any(r in (d.path, path, template) or route_matches(r, path) for r in routes)
+    path = target.split("?", 1)[0]
+    template = route_of(scenario, target)
+    return any(r in (target, path, template) or route_matches(r, path) for r in routes)
 
 
 def base_case(d: DriverRecord) -> str:

@@ -27,7 +27,7 @@ from agent.evidence import DownstreamRecord, DriverRecord, Evidence, KernelReque
 from agent.tracecontext import parse_traceparent
 from conformance.httpsem import route_matches, span_method, span_path, span_route
 from conformance.join import BASE_SLOP_NS, Joined
-from conformance.scenario import base_case, is_fanout
+from conformance.scenario import FANOUT_SUFFIX, base_case, fans_out
 
 JOIN_KEY, JOIN_KERNEL, JOIN_HEURISTIC = "traceparent", "kernel", "heuristic"
 SOURCE_KERNEL, SOURCE_DOWNSTREAM = "kernel", "downstream"
@@ -114,7 +114,16 @@ class View:
 def build_view(evidence: Evidence, joined: Joined | None) -> View:
     scenario = evidence.meta.scenario or {}
     slop = BASE_SLOP_NS + int(evidence.meta.clock.get("uncertainty_ns") or 0)
-    reqs = [RequestView(d, is_fanout(scenario, d))
+    fan_paths: dict[str, bool] = {}  # targets repeat: each is matched against the routes once
+
+    def fanout(d: DriverRecord) -> bool:
+        if d.case.endswith(FANOUT_SUFFIX):
+            return True
+        if (found := fan_paths.get(d.path)) is None:
+            found = fan_paths[d.path] = fans_out(scenario, d.path)
+        return found
+
+    reqs = [RequestView(d, fanout(d))
             for d in sorted(evidence.driver, key=lambda d: (d.t_send_ns, d.seq))]
     by_trace: dict[str, list[Span]] = defaultdict(list)
     by_key: dict[tuple[str, str], list[Span]] = defaultdict(list)

@@ -53,8 +53,14 @@ def compare(series: Series, under_test: list[KernelRequest], agent: list[KernelR
             found = next((u for u in UNTEMPLATED if u in matcher.exact), None)
         return k.path if found is None else found
 
+    keys: dict[tuple[str, str, int | None], Key] = {}  # requests repeat: one key per kind
+
     def key_of(k: KernelRequest) -> Key:
-        return series_key(series, k.method, route_of(k) if has_route else None, k.status)
+        kind = (k.method, k.target, k.status)  # the path is a function of the target
+        if (key := keys.get(kind)) is None:
+            key = keys[kind] = series_key(series, k.method, route_of(k) if has_route else None,
+                                          k.status)
+        return key
 
     late: list[KernelRequest] = []
     if series.last_export_ns is not None:  # OTLP: what was answered after its key's last
