@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, TypeVar
 
+from agent import jsonl
 from agent.errors import ObsconformError
 
 EVIDENCE_VERSION = 1
@@ -54,8 +55,6 @@ DOWNSTREAM_FILE = "downstream.jsonl"
 SCRAPES_FILE = "scrapes.jsonl"
 SCRAPES_DIR = "scrapes"
 SUT_LOG_FILE = "sut.log"
-# Lines of a JSONL file decoded per json.loads call when reading (about 1 MiB of text).
-_CHUNK_BYTES = 1 << 20
 
 
 @dataclass
@@ -372,45 +371,46 @@ class EvidenceWriter:
             self._files.clear()
 
 
-def _read_jsonl(path: Path, cls: type[T]) -> Iterator[T]:
-    """The records of a JSONL file, read in chunks of lines decoded by one json.loads each.
+# Per record type: fields whose values repeat across records, read as one shared string per
+# distinct value (agent.jsonl.SharedValues): (plain string fields, fields holding dicts).
+_REPEATING: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "KernelRequest": (("direction", "method", "target", "version"), ("headers",)),
+    "Span": (("name", "kind", "status_code", "scope"), ("attributes", "resource")),
+    "MetricPoint": (("name", "kind", "unit", "scope", "temporality"), ("attributes", "resource")),
+    "LogRecord": (("source", "severity_text", "body"), ("attributes", "resource")),
+    "DriverRecord": (("phase", "method", "path", "case", "error", "response_body"),
+                     ("request_headers", "response_headers")),
+    "DownstreamRecord": (("method", "path", "body"), ("headers",)),
+}
 
-    One call per chunk is faster than one per line and shares the decoder's key memo, so
-    the keys of nested dicts (attributes, headers) are one string per chunk instead of one
-    per record: a third less memory for spans. A chunk whose lines are not one JSON object
-    each (a truncated write, a stray line) is read line by line, so errors still name it.
-    """
+
+def _read_jsonl(path: Path, cls: type[T]) -> Iterator[T]:
+    """The records of a JSONL file, decoded a chunk of lines at a time (see agent.jsonl); a
+    chunk that is not one JSON object per line is read line by line, so errors name the line."""
     if not path.exists():
         return
+    shared = jsonl.SharedValues(*_REPEATING.get(cls.__name__, ((), ())))
     with open(path, encoding="utf-8") as f:
-        first = 1  # line number of the chunk's first line
-        while lines := f.readlines(_CHUNK_BYTES):
-            yield from _read_chunk(path, cls, lines, first)
-            first += len(lines)
-
-
-def _read_chunk(path: Path, cls: type[T], lines: list[str], first: int) -> list[T]:
-    kept = [line for line in lines if not line.isspace()]
-    if all(line.lstrip().startswith("{") for line in kept):
-        try:
-            data = json.loads("[" + ",".join(kept) + "]")
-        except ValueError:
-            data = None
-        if data is not None and len(data) == len(kept) and all(type(d) is dict for d in data):
-            try:
-                return [from_dict(cls, d) for d in data]
-            except (ValueError, TypeError):
-                pass  # read line by line below to name the line
-    out = []
-    for n, line in enumerate(lines, first):
-        line = line.strip()
-        if not line:
-            continue
-        try:
-            out.append(from_dict(cls, json.loads(line)))
-        except (ValueError, TypeError) as e:
-            raise EvidenceError(f"{path}:{n}: not a valid {cls.__name__} record ({e})") from e
-    return out
+        for first, lines in jsonl.chunks(f):
+            data = jsonl.decode(lines)
+            if data is not None:
+                shared.share(data)
+                try:
+                    yield from [from_dict(cls, d) for d in data]
+                    continue
+                except (ValueError, TypeError):
+                    pass  # read line by line below to name the line
+            for n, line in enumerate(lines, first):
+                line = line.strip()
+                if not line:
+                    continue
+                try:
+                    data = json.loads(line)
+                    if type(data) is not dict:
+                        raise TypeError(f"a JSON {type(data).__name__}, not an object")
+                    yield from_dict(cls, data)
+                except (ValueError, TypeError) as e:
+                    raise EvidenceError(f"{path}:{n}: not a valid {cls.__name__} record ({e})") from e
 
 
 class EvidenceError(ObsconformError, ValueError):
