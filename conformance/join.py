@@ -67,11 +67,16 @@ class Joined:
     unmatched_driver: list[DriverRecord]  # driver records the kernel did not see
     heuristic_joins: int = 0
     notes: list[str] = field(default_factory=list)
+    # Found once: half the checks ask, and a million requests take a while to filter.
+    _answered: tuple[JoinedRequest, ...] | None = field(default=None, init=False, repr=False,
+                                                         compare=False)
 
     @property
     def answered(self) -> list[JoinedRequest]:
-        """Requests the SUT answered (a final status on the wire)."""
-        return [r for r in self.requests if r.answered]
+        """Requests the SUT answered (a final status on the wire); a new list each time."""
+        if self._answered is None:
+            self._answered = tuple(r for r in self.requests if r.answered)
+        return list(self._answered)
 
 
 def is_agent_request(req: KernelRequest) -> bool:
