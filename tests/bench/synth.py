@@ -71,6 +71,12 @@ class SynthRun:
     failures: int
     spans: int
 
+    @property
+    def records(self) -> int:
+        """Lines in the JSONL files: kernel and spans (N + outbound each), driver (N), logs
+        (N + the start line), downstream (outbound)."""
+        return 4 * self.requests + 3 * self.outbound + 1
+
 
 def _hex(rng: random.Random, bits: int) -> str:
     return format(rng.getrandbits(bits) | 1, f"0{bits // 4}x")  # | 1: never the all-zero id

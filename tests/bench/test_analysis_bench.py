@@ -36,6 +36,8 @@ def test_the_run_directory_holds_every_record(synthetic):
     assert len(ev.driver) == N and len(ev.downstream) == out and len(ev.logs) == N + 1
     assert [s.phase for s in ev.scrapes] == ["before", "before", "after", "after"]
     assert ev.meta.requests_sent == N and ev.meta.kernel_stats["records"] == 2 * (N + out)
+    assert synthetic.records == sum(len(x) for x in (ev.kernel, ev.spans, ev.driver, ev.logs,
+                                                     ev.downstream))
     statuses = Counter(k.status for k in ev.kernel if k.direction == "server")
     assert statuses[503] + statuses[402] == synthetic.failures
 
