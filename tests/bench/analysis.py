@@ -143,7 +143,13 @@ def measure(sizes: tuple[int, ...] = SIZES, repeats: int = 2, seed: int = 1) -> 
     with tempfile.TemporaryDirectory(prefix="obsconform-analysis-") as tmp:
         runs = [_one_size(n, repeats, Path(tmp), seed) for n in sizes]
     small, big = runs[0], runs[-1]
+    flat = {}  # the headline per size, as plain numbers (make bench's summary keeps scalars)
+    for r in runs:
+        flat.update({f"s_at_{r['n']}": r["total_s"], f"peak_mb_at_{r['n']}": r["peak_mb"],
+                     f"us_per_request_at_{r['n']}": r["us_per_request"],
+                     f"bytes_per_request_at_{r['n']}": r["bytes_per_request"]})
     return {
+        **flat,
         "runs": runs,
         "n_ratio": big["n"] / small["n"],
         "time_ratio": round(big["total_s"] / small["total_s"], 2),

@@ -71,4 +71,5 @@ def test_measure_times_analyze_in_a_child_per_size():
         assert run["start_mb"] < run["peak_after_mb"]["load"] <= run["peak_mb"] + 1
         assert run["verdict"] == "inconclusive"  # the tc/bc/ec phases were not sent
     assert fig["time_ratio"] == round(big["total_s"] / small["total_s"], 2)
+    assert (fig["s_at_1500"], fig["peak_mb_at_300"]) == (big["total_s"], small["peak_mb"])
     assert "1500 requests analysed" in analysis.summary(fig)
