@@ -36,11 +36,11 @@ CLOCK_EVERY_S = 1.0  # a wall-clock step is pinned to within this
 # draining: the ring fills and the kernel counts the drops.
 BACKLOG_SOFT_BYTES = 512 << 20
 BACKLOG_HARD_BYTES = 1 << 30
-POLL_NICE = -5  # the polling thread runs ahead of the SUT's threads for CPU (root only)
 # A full garbage collection walks every assembled request and held the loop for up to ~1 s
 # at 40k requests/s (the ring overflowed meanwhile). Objects that exist are frozen (left out
 # of collections) every FREEZE_EVERY records; stop() unfreezes them.
 FREEZE_EVERY = 20_000
+POLL_NICE = -5  # the polling thread runs ahead of the SUT's threads for CPU (root only)
 
 
 def _is_socket(tgid: int, fd: int) -> bool | None:
@@ -85,7 +85,7 @@ class KernelCollector:
         self._current: Iterator[memoryview] | None = None  # records left in the first chunk
         self._backlog_bytes = self._backlog_records = 0
         self._backlog_peak = self._backlog_bytes_peak = 0
-        self._last_take = self._drain_gap_max = 0.0
+        self._last_take = self._drain_gap_max = self._last_record = 0.0
         self._since_freeze = 0
         self._frozen = False
         self._final_kernel: dict[str, int] | None = None
@@ -276,8 +276,9 @@ class KernelCollector:
                     if self._last_take:  # the longest the ring went unread: what its size must cover
                         self._drain_gap_max = max(self._drain_gap_max, now - self._last_take)
                     self._last_take = now
-                    self._take()
-                    grant = pacing.budget(self._backlog_bytes) if self._backlog else 0.0
+                    if self._take():
+                        self._last_record = now
+                    grant = pacing.budget(self._backlog_bytes, now - self._last_record) if self._backlog else 0.0
                     if grant > 0.0:
                         t0 = time.monotonic()
                         self._assemble(grant)
@@ -364,7 +365,6 @@ class KernelCollector:
             self._user["drain_gap_max_ms"] = round(self._drain_gap_max * 1000, 1)
             if self._ring is not None:
                 self._user["ring_fill_peak_bytes"] = self._ring.fill_peak
-            self._user["assembly_deferred_s"] = round(self._pacing.deferred_s, 3)
             self._user["assembly_forced_slices"] = self._pacing.forced
             out = kstats.compose(kernel, per_cpu, self._user, self._assembler.stats,
                                  self._assembler.blind_samples,

@@ -41,10 +41,13 @@ def _summary(name: str, fig: dict) -> str:
                 f"per untraced syscall, +{fig['ns_per_traced_syscall_with_record_added']} ns per traced one")
     if name == "overhead":
         return "overhead: " + "; ".join(
-            f"{srv} throughput x{f['throughput_ratio']} (goal >= {f['goal_throughput_ratio']}), p99 x{f['p99_ratio']}"
+            f"{srv} throughput x{f['throughput_ratio']}"
+            + (f" (goal >= {f['goal_throughput_ratio']})" if "goal_throughput_ratio" in f else "")
+            + f", p99 x{f['p99_ratio']}"
             for srv, f in fig.items() if isinstance(f, dict) and "throughput_ratio" in f)
     if name == "rate":
-        return (f"rate: {fig['max_zero_loss_rate_per_s']} requests/s sustained with zero loss; agent CPU "
+        return (f"rate: {fig['max_zero_loss_rate_per_s']} requests/s with zero loss (assembled "
+                f"{fig['catch_up_s_at_max']} s after the load, at {fig['assembly_rate_after_load_per_s']}/s); agent CPU "
                 f"{fig['agent_cpu_s_per_1000_at_max']} s + BPF {fig['bpf_cpu_s_per_1000_at_max']} s per 1000 requests; "
                 f"full speed {fig['full_speed']['rate_per_s']}/s traced vs {fig['full_speed']['untraced_rate_per_s']}/s")
     if name == "footprint":
@@ -69,7 +72,7 @@ def headline(results: dict) -> dict:
     if "overhead" in results:
         out["1_overhead_on_target"] = {
             srv: {k: f[k] for k in ("throughput_ratio", "p99_ratio", "goal_throughput_ratio", "meets_goal",
-                                    "agent_cpu_s_per_100k")}
+                                    "agent_cpu_s_per_100k") if k in f}
             for srv, f in results["overhead"].items() if isinstance(f, dict) and "throughput_ratio" in f}
     if "kernel" in results:
         k = results["kernel"]
@@ -78,6 +81,7 @@ def headline(results: dict) -> dict:
     cap = {}
     if "rate" in results:
         cap["max_zero_loss_rate_per_s"] = results["rate"]["max_zero_loss_rate_per_s"]
+        cap["assembly_rate_after_load_per_s"] = results["rate"]["assembly_rate_after_load_per_s"]
     if "footprint" in results:
         cap.update({f"{load}_{k}": f[k] for load, f in results["footprint"].items() if isinstance(f, dict)
                     for k in ("rate_per_s", "cpu_s_per_100k", "peak_rss_growth_mb_per_100k", "agent_loss")})

@@ -6,6 +6,7 @@ from __future__ import annotations
 import ctypes
 import os
 import struct
+import time
 
 import pytest
 
@@ -68,20 +69,45 @@ def test_reader_takes_every_committed_record_in_order_across_wraps(kernel_ok):
     assert got == want
 
 
-@pytest.mark.parametrize("idle_jiffies, backlog, granted", [
-    (0, 1000, False),  # the host had no idle CPU: records wait
-    (10_000, 1000, True),  # plenty idle: a slice
-    (10_000, 0, True),  # nothing waits: still a grant, unused
-], ids=["busy-host", "idle-host", "no-backlog"])
-def test_assembly_takes_only_idle_cpu(tmp_path, idle_jiffies, backlog, granted):
+HZ = os.sysconf("SC_CLK_TCK")
+NCPU = os.cpu_count()
+
+
+@pytest.mark.parametrize("idle_share, backlog, granted", [
+    (0.0, 1000, False),  # the host had no idle CPU: records wait
+    (0.5, 1000, False),  # half busy (a target under load): records still wait
+    (1.0, 1000, True),  # quiet: a slice
+    (1.0, 0, True),  # nothing waits: still a grant, unused
+], ids=["busy-host", "half-busy-host", "quiet-host", "no-backlog"])
+def test_assembly_runs_only_while_the_host_is_quiet(tmp_path, idle_share, backlog, granted):
     stat = tmp_path / "stat"
     stat.write_text("cpu  100 0 100 5000 0 0 0 0 0 0\n")
-    pacing = IdleBudget(soft_bytes=1 << 20, stat_path=str(stat))
-    stat.write_text(f"cpu  100 0 100 {5000 + idle_jiffies} 0 0 0 0 0 0\n")
+    now = [100.0]
+    pacing = IdleBudget(soft_bytes=1 << 20, stat_path=str(stat), clock=lambda: now[0])
+    idle = round(idle_share * NCPU * 0.2 * HZ)  # jiffies idle over the next 200 ms
+    stat.write_text(f"cpu  100 0 100 {5000 + idle} 0 0 0 0 0 0\n")
+    now[0] += 0.2
     grant = pacing.budget(backlog)
-    assert (0 < grant <= MAX_SLICE_S) if granted else grant == 0.0
+    assert (grant == MAX_SLICE_S) if granted else grant == 0.0
     if not granted:
-        assert pacing.deferred_s > 0 and pacing.forced == 0
+        assert pacing.forced == 0
+    else:  # a look within 10 ms does not read /proc/stat again: it spends what is banked
+        pacing.spent(4 * MAX_SLICE_S - 0.001)  # the bank is full after 200 quiet ms
+        stat.write_text(f"cpu  100 0 100 {5000 + 2 * idle} 0 0 0 0 0 0\n")
+        now[0] += 0.001
+        assert pacing.budget(backlog) == pytest.approx(0.001)
+    pacing.close()
+
+
+def test_no_assembly_while_records_flow_even_on_a_quiet_host(tmp_path):
+    stat = tmp_path / "stat"
+    stat.write_text("cpu  100 0 100 5000 0 0 0 0 0 0\n")
+    now = [100.0]
+    pacing = IdleBudget(soft_bytes=1 << 20, stat_path=str(stat), clock=lambda: now[0])
+    stat.write_text(f"cpu  100 0 100 {5000 + NCPU * HZ} 0 0 0 0 0 0\n")
+    now[0] += 1.0
+    assert pacing.budget(1000, since_record_s=0.01) == 0.0
+    assert pacing.budget(1000, since_record_s=1.0) == MAX_SLICE_S  # the flow stopped
     pacing.close()
 
 
@@ -91,3 +117,24 @@ def test_past_the_soft_limit_assembly_runs_even_on_a_busy_host(tmp_path):
     pacing = IdleBudget(soft_bytes=1 << 20, stat_path=str(stat))
     assert pacing.budget(1 << 20) == MAX_SLICE_S and pacing.forced == 1
     pacing.close()
+
+
+def test_idle_time_is_read_afresh_from_proc_stat_each_time():
+    from agent.kernel.pacing import _idle_jiffies
+
+    def fresh() -> int:
+        with open("/proc/stat", "rb") as f:
+            fields = f.readline().split()
+        return int(fields[4]) + int(fields[5])
+
+    fd = os.open("/proc/stat", os.O_RDONLY)
+    try:
+        first = _idle_jiffies(fd)
+        deadline = time.monotonic() + 5
+        while (later := fresh()) == first:
+            if time.monotonic() > deadline:
+                pytest.skip("the host had no idle CPU for 5 s")
+            time.sleep(0.01)
+        assert _idle_jiffies(fd) >= later  # a cached first read would still say `first`
+    finally:
+        os.close(fd)
