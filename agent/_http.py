@@ -6,6 +6,7 @@ import ipaddress
 import logging
 import socket
 import threading
+import time
 import zlib
 from functools import lru_cache
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -165,6 +166,32 @@ class QuietHandler(BaseHTTPRequestHandler):
         self.wfile.flush()
 
 
+LINGER_S = 1.0  # how long a closing connection reads away what its client still sends
+LINGER_BYTES = 16 << 20
+
+
+def lingering_close(sock: socket.socket) -> None:
+    """Close after reading away what the client still sends. A request refused before its
+    body was read (413) leaves bytes unread; close() would then answer them with a reset,
+    which can destroy the refusal before the client reads it (it saw EPIPE instead)."""
+    try:
+        sock.shutdown(socket.SHUT_WR)  # the response is complete: FIN after it
+        deadline, total = time.monotonic() + LINGER_S, 0
+        while total < LINGER_BYTES:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            sock.settimeout(left)
+            data = sock.recv(65536)
+            if not data:  # the client closed too
+                break
+            total += len(data)
+    except OSError:
+        pass
+    finally:
+        sock.close()
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False
@@ -183,7 +210,7 @@ class _Server(ThreadingHTTPServer):
     def shutdown_request(self, request):  # type: ignore[no-untyped-def]
         with self._conns_lock:
             self._conns.discard(request)
-        super().shutdown_request(request)
+        lingering_close(request)
 
     def close_connections(self) -> None:
         # Keep-alive handler threads would otherwise keep serving after stop().

@@ -11,6 +11,7 @@ import threading
 from http.server import ThreadingHTTPServer
 from pathlib import Path
 
+from agent._http import lingering_close
 from agent.daemon.api import ApiHandler
 from agent.daemon.config import DaemonConfig, StartupRefused, parse_listen, resolve_token, tls_context
 from agent.daemon.metrics import DaemonMetrics
@@ -45,6 +46,9 @@ class _Server(ThreadingHTTPServer):
                 log.debug("TLS handshake with %s failed: %s", client_address[0], e)
                 return
         super().finish_request(request, client_address)
+
+    def shutdown_request(self, request):  # type: ignore[no-untyped-def]
+        lingering_close(request)  # a refused upload (413) must reach its client intact
 
 
 def _lock_reports_dir(reports_dir: Path):

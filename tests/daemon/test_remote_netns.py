@@ -1,5 +1,5 @@
 """`obsconform run --agent` from a "CI host" to a daemon on a "test host": two network namespaces
-joined by a veth pair (pyroute2), addresses that exist only inside them, removed afterwards."""
+joined by a veth pair (iproute2), addresses that exist only inside them, removed afterwards."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import os
 import secrets
 import subprocess
 import sys
-import time
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,46 +33,32 @@ class Hosts:
                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
 
-def _link_index(ns, ifname: str, timeout_s: float = 5.0) -> int:
-    """The index of ``ifname`` in ``ns``: a link just moved there can take a moment to show."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        found = ns.link_lookup(ifname=ifname)
-        if found:
-            return found[0]
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{ifname} did not appear in its namespace within {timeout_s} s")
-        time.sleep(0.02)
+def _ip(*args: str) -> None:
+    """One iproute2 command: synchronous, so a link moved into a namespace is there when it
+    returns (pyroute2's move and lookup raced: a moved veth end was not seen for 5 s)."""
+    r = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=30)
+    if r.returncode != 0:
+        raise AssertionError(f"ip {' '.join(args)}: {r.stderr.strip()}")
 
 
 @pytest.fixture
 def hosts():
-    from pyroute2 import IPRoute, NetNS, netns
-
     tag = secrets.token_hex(3)
     agent_ns, ci_ns = f"obsc-agent-{tag}", f"obsc-ci-{tag}"
     subnet = f"10.{200 + secrets.randbelow(50)}.{secrets.randbelow(250)}"
     veth_a, veth_c = f"oca{tag}", f"occ{tag}"
-    netns.create(agent_ns)
-    netns.create(ci_ns)
     try:
-        with IPRoute() as ip:
-            ip.link("add", ifname=veth_a, kind="veth", peer={"ifname": veth_c})
-            ip.link("set", index=ip.link_lookup(ifname=veth_a)[0], net_ns_fd=agent_ns)
-            ip.link("set", index=ip.link_lookup(ifname=veth_c)[0], net_ns_fd=ci_ns)
+        _ip("netns", "add", agent_ns)
+        _ip("netns", "add", ci_ns)
+        _ip("link", "add", veth_a, "netns", agent_ns, "type", "veth", "peer", "name", veth_c, "netns", ci_ns)
         for ns, ifname, addr in ((agent_ns, veth_a, f"{subnet}.1"), (ci_ns, veth_c, f"{subnet}.2")):
-            with NetNS(ns) as n:
-                idx = _link_index(n, ifname)
-                n.addr("add", index=idx, address=addr, prefixlen=30)
-                n.link("set", index=idx, state="up")
-                n.link("set", index=n.link_lookup(ifname="lo")[0], state="up")
+            _ip("-n", ns, "addr", "add", f"{addr}/30", "dev", ifname)
+            _ip("-n", ns, "link", "set", ifname, "up")
+            _ip("-n", ns, "link", "set", "lo", "up")
         yield Hosts(agent_ns, ci_ns, f"{subnet}.1")
     finally:
         for ns in (agent_ns, ci_ns):  # removing a namespace deletes its end of the veth pair too
-            try:
-                netns.remove(ns)
-            except OSError:
-                pass
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=30)
 
 
 @pytest.fixture
