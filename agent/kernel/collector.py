@@ -5,10 +5,10 @@ from __future__ import annotations
 import atexit
 import gc
 import logging
+import mmap
 import os
 import signal
 import threading
-import mmap
 import time
 from collections import Counter, deque
 from typing import Iterator
@@ -30,10 +30,10 @@ log = logging.getLogger(__name__)
 
 POLL_MS = 20  # longest a record waits in the ring when no wake-up comes
 CLOCK_EVERY_S = 1.0  # a wall-clock step is pinned to within this
-# Records are copied out of the ring in bulk at once and assembled when the host has idle
-# CPU (agent/kernel/pacing.py), so a burst waits in memory, not in the ring. Past
-# BACKLOG_SOFT_BYTES assembly runs regardless; past BACKLOG_HARD_BYTES the loop stops
-# draining: the ring fills and the kernel counts the drops.
+# Records are copied out of the ring in bulk at once and assembled once requests stop
+# flowing and the host is quiet (agent/kernel/pacing.py): a load waits in memory, not in the
+# ring. Past BACKLOG_SOFT_BYTES assembly runs regardless; past BACKLOG_HARD_BYTES the loop
+# stops draining: the ring fills and the kernel counts the drops.
 BACKLOG_SOFT_BYTES = 512 << 20
 BACKLOG_HARD_BYTES = 1 << 30
 # A full garbage collection walks every assembled request and held the loop for up to ~1 s
