@@ -151,11 +151,22 @@ class RunStore:
         self._write("UPDATE runs SET run_dir = ? WHERE id = ?", (run_dir, run_id))
 
     def finish(self, run_id: str, state: str, *, reason: str | None = None, exit_code: int | None = None,
-               verdict: str | None = None, run_dir: str | None = None) -> None:
+               verdict: str | None = None, run_dir: str | None = None, message: str | None = None) -> None:
+        """End a run; ``message`` is its last progress line, written in the same transaction
+        (a client polling for the end state must find the closing line with it)."""
         assert state in STATES and state not in ACTIVE, state
-        self._write("UPDATE runs SET state = ?, finished_at = ?, reason = ?, exit_code = ?, verdict = ?, "
-                    "run_dir = COALESCE(?, run_dir), child_pid = NULL WHERE id = ?",
-                    (state, now(), reason, exit_code, verdict, run_dir, run_id))
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute("UPDATE runs SET state = ?, finished_at = ?, reason = ?, exit_code = ?, "
+                                 "verdict = ?, run_dir = COALESCE(?, run_dir), child_pid = NULL WHERE id = ?",
+                                 (state, now(), reason, exit_code, verdict, run_dir, run_id))
+                if message is not None:
+                    self._insert_progress(run_id, message)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
 
     def cancel_queued(self, run_id: str) -> bool:
         """Cancel a run that has not started; False when it already left the queue."""
@@ -168,16 +179,18 @@ class RunStore:
 
     def add_progress(self, run_id: str, message: str) -> None:
         with self._lock:
-            n = self._db.execute("SELECT COALESCE(MAX(n) + 1, 0) FROM progress WHERE run_id = ?",
-                                 (run_id,)).fetchone()[0]
-            if n < MAX_PROGRESS:
-                self._db.execute("INSERT INTO progress (run_id, n, t, message) VALUES (?, ?, ?, ?)",
-                                 (run_id, n, now(), message[:2000]))
+            self._insert_progress(run_id, message)
+
+    def _insert_progress(self, run_id: str, message: str) -> None:  # the lock is held
+        n = self._db.execute("SELECT COALESCE(MAX(n) + 1, 0) FROM progress WHERE run_id = ?",
+                             (run_id,)).fetchone()[0]
+        if n < MAX_PROGRESS:
+            self._db.execute("INSERT INTO progress (run_id, n, t, message) VALUES (?, ?, ?, ?)",
+                             (run_id, n, now(), message[:2000]))
 
     def recover(self, reason: str) -> list[RunRow]:
         """Mark runs left ``running`` by a previous daemon as aborted; returns them (with pids)."""
         stale = [self._row(r) for r in self._rows("SELECT * FROM runs WHERE state = 'running'")]
         for run in stale:
-            self.finish(run.id, "aborted", reason=reason)
-            self.add_progress(run.id, f"aborted: {reason}")
+            self.finish(run.id, "aborted", reason=reason, message=f"aborted: {reason}")
         return stale

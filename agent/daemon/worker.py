@@ -139,7 +139,8 @@ class RunWorker:
             proc, read_fd = self._spawn(run, box)
         except OSError as e:  # a run that cannot start must leave the queue, not block it
             box.remove()
-            self.store.finish(run.id, "failed", reason=f"cannot start the run's process: {e}", exit_code=1)
+            reason = f"cannot start the run's process: {e}"
+            self.store.finish(run.id, "failed", reason=reason, exit_code=1, message=f"failed: {reason}")
             self.metrics.run_finished("failed", 0.0, None)
             return
         self._current = run.id
@@ -238,7 +239,7 @@ class RunWorker:
             state, exit_code, verdict = "failed", 1, None
             reason = outcome.error or f"the run's process ended with code {returncode} without a result; see {CHILD_LOG}"
         self.store.finish(run.id, state, reason=reason, exit_code=exit_code, verdict=verdict,
-                          run_dir=(outcome.result or {}).get("run_dir"))
-        self.store.add_progress(run.id, f"{state}" + (f": {reason}" if reason else f" ({verdict})"))
+                          run_dir=(outcome.result or {}).get("run_dir"),
+                          message=f"{state}" + (f": {reason}" if reason else f" ({verdict})"))
         self.metrics.run_finished(state, duration_s, (outcome.result or {}).get("report_path"))
         log.info("run %s %s%s", run.id, state, f": {reason}" if reason else "")
