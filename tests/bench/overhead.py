@@ -109,6 +109,18 @@ def _wait_up(port: int, proc: subprocess.Popen, what: str, children: int = 0) ->
 
 
 @contextmanager
+def _serving(argv: list[str], port: int, what: str, url: str, **popen) -> Iterator[tuple[str, int]]:
+    """(url, pid) of a server started from ``argv`` and up (its first child forked)."""
+    proc = subprocess.Popen(argv, **popen)
+    try:
+        _wait_up(port, proc, what, children=1)
+        yield url, proc.pid
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+
+
+@contextmanager
 def nginx_server() -> Iterator[tuple[str, int]]:
     if not shutil.which("nginx"):
         raise RuntimeError("nginx is not installed: run `scripts/setup-host.sh bench`")
@@ -116,13 +128,9 @@ def nginx_server() -> Iterator[tuple[str, int]]:
         port = _free_port()
         conf = Path(d) / "nginx.conf"
         conf.write_text(NGINX_CONF.format(workers=1, dir=d, port=port))
-        proc = subprocess.Popen(["nginx", "-c", str(conf), "-p", d], stderr=subprocess.DEVNULL)
-        try:
-            _wait_up(port, proc, "nginx", children=1)
-            yield f"http://127.0.0.1:{port}/", proc.pid
-        finally:
-            proc.terminate()
-            proc.wait(timeout=10)
+        with _serving(["nginx", "-c", str(conf), "-p", d], port, "nginx", f"http://127.0.0.1:{port}/",
+                      stderr=subprocess.DEVNULL) as served:
+            yield served
 
 
 @contextmanager
@@ -132,14 +140,10 @@ def refservice() -> Iterator[tuple[str, int]]:
         env = {**os.environ, "OTEL_EXPORTER_OTLP_ENDPOINT": otlp.endpoint,
                "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf", "OTEL_SERVICE_NAME": "refservice"}
         env = {k: v for k, v in env.items() if not k.startswith("FAULT_")}
-        proc = subprocess.Popen([sys.executable, "-m", "examples.refservice", "--port", str(port)], env=env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            _wait_up(port, proc, "the reference service", children=1)
-            yield f"http://127.0.0.1:{port}/items/1", proc.pid
-        finally:
-            proc.terminate()
-            proc.wait(timeout=20)
+        with _serving([sys.executable, "-m", "examples.refservice", "--port", str(port)], port,
+                      "the reference service", f"http://127.0.0.1:{port}/items/1", env=env,
+                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as served:
+            yield served
 
 
 def measure(seconds: int = 5, rounds: int = 4) -> dict:
