@@ -12,11 +12,11 @@ from typing import Any
 from urllib.parse import SplitResult, urlsplit
 
 from opentelemetry import trace
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace import SpanKind
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from .faults import ActiveFaults
-from .outbound import outbound_headers
+from .outbound import mark_answer, mark_unreachable, outbound_headers
 
 TIMEOUT_S = 2.0
 MAX_ACTIONS = 16
@@ -89,13 +89,9 @@ class HarnessCaller:
                 resp = conn.getresponse()
                 resp.read()
             except (OSError, http.client.HTTPException) as exc:
-                span.set_attribute("error.type", type(exc).__name__)
-                span.set_status(Status(StatusCode.ERROR, str(exc)))
+                mark_unreachable(span, exc)
                 return {"url": url, "error": f"{type(exc).__name__}: {exc}"}
             finally:
                 conn.close()
-            span.set_attribute("http.response.status_code", resp.status)
-            if resp.status >= 400:
-                span.set_attribute("error.type", str(resp.status))
-                span.set_status(Status(StatusCode.ERROR))
+            mark_answer(span, resp.status)
             return {"url": url, "status": resp.status}

@@ -28,6 +28,23 @@ def outbound_headers(biz_code: str, faults, propagator) -> dict[str, str]:
         headers.pop("tracestate", None)
     return headers
 
+def mark_unreachable(span, exc: BaseException) -> None:
+    """A client span whose call got no answer."""
+    span.set_attribute("error.type", type(exc).__name__)
+    span.set_status(Status(StatusCode.ERROR, str(exc)))
+
+
+def mark_answer(span, status: int) -> bool:
+    """Record a client span's answer; True when it is an error (client spans: 4xx and 5xx
+    both, OTel HTTP semconv)."""
+    span.set_attribute("http.response.status_code", status)
+    if status < 400:
+        return False
+    span.set_attribute("error.type", str(status))
+    span.set_status(Status(StatusCode.ERROR))
+    return True
+
+
 class DownstreamError(Exception):
     """The inventory service could not be reached or answered with an error."""
 
@@ -81,16 +98,11 @@ class InventoryClient:
                 resp = conn.getresponse()
                 data = resp.read()
             except (OSError, http.client.HTTPException) as exc:
-                span.set_attribute("error.type", type(exc).__name__)
-                span.set_status(Status(StatusCode.ERROR, str(exc)))
+                mark_unreachable(span, exc)
                 raise DownstreamError(f"inventory unreachable: {exc}") from exc
             finally:
                 conn.close()
-            span.set_attribute("http.response.status_code", resp.status)
-            if resp.status >= 400:
-                # Client spans: 4xx and 5xx are both errors (OTel HTTP semconv).
-                span.set_attribute("error.type", str(resp.status))
-                span.set_status(Status(StatusCode.ERROR))
+            if mark_answer(span, resp.status):
                 raise DownstreamError(f"inventory answered {resp.status}")
         try:
             return json.loads(data) if data else {}
