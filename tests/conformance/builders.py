@@ -255,6 +255,14 @@ class RunBuilder:
         self.scrape_seq.append(self.writer.scrape(s, body))
         return s
 
+    def load(self, reqs: list[Req], openmetrics: bool = False) -> Evidence:
+        """A scrape of the exporter before and after ``reqs``: the evidence of a metric check."""
+        self.scrape("before", openmetrics)
+        for r in reqs:
+            self.request(r)
+        self.scrape("after", openmetrics)
+        return self.build()
+
     def outbound(self, parent: KernelRequest, path: str = "/sink") -> KernelRequest:
         return self._kernel("GET", path, {"traceparent": parent.headers.get("traceparent", [])},
                             200, 1 * MS, direction="client", parent=parent.id)

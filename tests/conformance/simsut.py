@@ -69,6 +69,7 @@ class Faults:
     old_semconv: bool = False  # pre-1.21 attribute names only
     span_status_off_by: int = 0  # span http.response.status_code = wire + this
     orphan_child: bool = False  # an INTERNAL child whose parent was never exported
+    other_environment: bool = False  # span resource names another environment than target_info
 
 
 class _FixedTraceIds(RandomIdGenerator):
@@ -89,8 +90,8 @@ class SimSut:
         self.scenario = scenario if scenario is not None else refservice_scenario()
         self.b.scenario = self.scenario
         self.kernel = kernel
-        resource = Resource.create({"service.name": "refservice",
-                                    "deployment.environment.name": "test"})
+        resource = Resource.create({"service.name": "refservice", "deployment.environment.name":
+                                    "staging" if self.f.other_environment else "test"})
         self.memory = InMemorySpanExporter()
         self.provider = TracerProvider(resource=resource)
         self.provider.add_span_processor(SimpleSpanProcessor(self.memory))
