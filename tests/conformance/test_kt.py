@@ -57,6 +57,16 @@ CASES = [
                  "a bigger --capture-bytes", id="KT-007-inconclusive-truncated-capture"),
     pytest.param("KT-007", healthy(5), {**NO_LOSS, "map_full": 2}, Status.INCONCLUSIVE,
                  "a bigger --max-connections", id="KT-007-inconclusive-map-full"),
+    # A loss nothing counted: the driver got answers the kernel never saw in the target.
+    pytest.param("KT-007", healthy(5) + [Req(path="/unseen", seen=False)], NO_LOSS, Status.FAIL,
+                 "1 answer(s) the driver got were never seen by the kernel",
+                 id="KT-007-fail-answer-unseen"),
+    pytest.param("KT-007", healthy(5) + [Req(path="/unseen", seen=False)],
+                 {**NO_LOSS, "blind_spots": {"by_role": {"server": {"tls": 1}}}},
+                 Status.INCONCLUSIVE, "1 server connection(s) were not readable",
+                 id="KT-007-inconclusive-unseen-behind-tls"),
+    pytest.param("KT-007", healthy(5) + [Req(path="/refused", status=None, seen=False)], NO_LOSS,
+                 Status.PASS, "the kernel saw every answer", id="KT-007-pass-unanswered-unseen"),
 ]
 
 
