@@ -164,6 +164,10 @@ class InstrumentationMiddleware:
         start_ns: int,
         start_mono: int,
     ) -> None:
+        # One clock reading, taken first, ends both the span and the histogram observation:
+        # the work ended when the server wrote the last body byte; the attributes and the log
+        # line below are bookkeeping (the log's write lets other threads take the GIL).
+        elapsed_ns = time.perf_counter_ns() - start_mono
         try:
             span.set_attribute("http.response.status_code", status)
             if status >= self._error_statuses:
@@ -183,8 +187,6 @@ class InstrumentationMiddleware:
             if ENV_ERROR_CODE in environ:
                 fields["error_code"] = environ[ENV_ERROR_CODE]
             log.info("request", extra={"fields": fields})
-            # One clock reading ends both the span and the histogram observation.
-            elapsed_ns = time.perf_counter_ns() - start_mono
             span.end(end_time=start_ns + elapsed_ns)
             trace_id = format(span_ctx.trace_id, "032x")
             exemplar = None
