@@ -87,7 +87,7 @@ class _Req:
 
 class _Conn:
     __slots__ = ("tgid", "fd", "conn_ns", "name", "server", "seq", "capture", "cap_ts", "cap_tid",
-                 "cap_resp_base", "chunk", "chunk_base", "fifo", "responding", "after", "ignored")
+                 "cap_resp_base", "chunk", "chunk_base", "fifo", "responding", "last", "ignored")
 
     def __init__(self, ev: Event, name: str) -> None:
         self.tgid, self.fd, self.conn_ns = ev.tgid, ev.fd, ev.conn_ns
@@ -101,29 +101,31 @@ class _Conn:
         self.chunk_base = 0  # request-side byte total before that capture's first syscall
         self.fifo: deque[_Req] = deque()  # waiting for a final response
         self.responding: _Req | None = None  # final response started, end not known yet
-        self.after = ConnSnapshot(0, 0, 0, 0)  # totals after the last record's syscall
+        self.last: Event | None = None  # the connection's last record
         self.ignored = False
 
-    def req_total(self, s: ConnSnapshot) -> int:
+    # Totals are read from a ConnSnapshot or straight from an Event: a record carries the
+    # connection's totals from before its syscall under the same four names.
+    def req_total(self, s: ConnSnapshot | Event) -> int:
         return s.rd_bytes if self.server else s.wr_bytes
 
-    def resp_side(self, s: ConnSnapshot) -> tuple[int, int]:
+    def resp_side(self, s: ConnSnapshot | Event) -> tuple[int, int]:
         return (s.last_write_ns, s.wr_bytes) if self.server else (s.last_read_ns, s.rd_bytes)
 
-
-def _before(ev: Event) -> ConnSnapshot:
-    return ConnSnapshot(ev.last_read_ns, ev.last_write_ns, ev.rd_bytes, ev.wr_bytes)
-
-
-def _after(ev: Event) -> ConnSnapshot:
-    s = _before(ev)
-    if ev.kind == EV_CLOSE:
+    @property
+    def after(self) -> ConnSnapshot:
+        """Totals after the last record's syscall (built when asked: rarely needed)."""
+        ev = self.last
+        if ev is None:
+            return ConnSnapshot(0, 0, 0, 0)
+        s = ConnSnapshot(ev.last_read_ns, ev.last_write_ns, ev.rd_bytes, ev.wr_bytes)
+        if ev.kind == EV_CLOSE:
+            return s
+        if ev.syscall >= SC_WRITE:
+            s.last_write_ns, s.wr_bytes = ev.ts_ns, s.wr_bytes + ev.ret
+        else:
+            s.last_read_ns, s.rd_bytes = ev.ts_ns, s.rd_bytes + ev.ret
         return s
-    if ev.syscall >= SC_WRITE:
-        s.last_write_ns, s.wr_bytes = ev.ts_ns, s.wr_bytes + ev.ret
-    else:
-        s.last_read_ns, s.rd_bytes = ev.ts_ns, s.rd_bytes + ev.ret
-    return s
 
 
 class Assembler:
@@ -164,7 +166,7 @@ class Assembler:
         elif ev.kind == EV_RESP_START:
             self._response_start(conn, ev)
         elif ev.kind == EV_CLOSE:
-            self._close(conn, _before(ev))
+            self._close(conn, ev)
             del self._conns[(ev.tgid, ev.fd)]
             self.stats["closes"] += 1
             return
@@ -172,7 +174,7 @@ class Assembler:
             self._blind(conn, ev)
         else:
             self.stats["unknown_kind"] += 1
-        conn.after = _after(ev)
+        conn.last = ev
 
     def _conn_for(self, ev: Event) -> _Conn | None:
         key = (ev.tgid, ev.fd)
@@ -195,7 +197,7 @@ class Assembler:
 
     def _request_start(self, conn: _Conn, ev: Event) -> None:
         self._flush_capture(conn)
-        before = _before(ev)
+        before = ev  # the connection's totals before this syscall
         self._close_chunk(conn, conn.req_total(before))
         if conn.responding is not None:  # a new request: the previous response is over
             self._finish_response(conn, *conn.resp_side(before))
@@ -228,7 +230,8 @@ class Assembler:
         if data is None:
             return
         conn.capture = None
-        msgs, failed = parse_requests(bytes(data))
+        data = bytes(data)
+        msgs, failed = parse_requests(data)
         if failed:
             self.stats["parse_errors"] += 1
         if not msgs:
@@ -247,14 +250,18 @@ class Assembler:
             conn.seq += 1
             conn.fifo.append(req)
             if conn.server:
-                self._serving.setdefault(req.tid, []).append(req)
+                serving = self._serving.get(req.tid)
+                if serving is None:
+                    self._serving[req.tid] = [req]
+                else:
+                    serving.append(req)
                 self.stats["server_requests"] += 1
             else:
                 serving = self._serving.get(req.tid, ())
                 req.parent_request = serving[0].id if len(serving) == 1 else None
                 self.stats["client_requests"] += 1
         conn.chunk = new
-        starts = message_starts(bytes(data), msgs)
+        starts = message_starts(data, msgs)
         for req, a, b in zip(new, starts, starts[1:]):
             req.req_bytes = b - a
 
@@ -267,7 +274,7 @@ class Assembler:
 
     def _response_start(self, conn: _Conn, ev: Event) -> None:
         self._flush_capture(conn)
-        before = _before(ev)
+        before = ev  # the connection's totals before this syscall
         if conn.responding is not None:
             self._finish_response(conn, *conn.resp_side(before))
         statuses = parse_statuses(ev.data)
@@ -302,7 +309,7 @@ class Assembler:
         req.resp_bytes = max(0, resp_total - req.resp_base)
         self._done.append(req)
 
-    def _close(self, conn: _Conn, state: ConnSnapshot) -> None:
+    def _close(self, conn: _Conn, state: ConnSnapshot | Event) -> None:
         """End of a connection: answered requests end, unanswered ones were aborted."""
         self._flush_capture(conn)
         self._close_chunk(conn, conn.req_total(state))
