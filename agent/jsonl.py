@@ -4,8 +4,10 @@ A million-request run holds five million records; read one ``json.loads`` per li
 record carries its own copy of every key and value. Here a chunk of lines is decoded by one
 call (the decoder's key memo then gives each distinct key one string per chunk), and values
 that repeat across records (methods, routes, header and attribute values) are replaced by
-one shared string per distinct value. Strings are immutable, so sharing them is invisible to
-readers; containers are never shared.
+one shared object per distinct value: strings and ints, lists of strings (header values),
+and whole values that repeat as they are (a resource, an empty list). Strings and ints are
+immutable, so sharing them is invisible; the shared containers make loaded records read-only
+(a change to one would show in all), which every reader of a run directory already is.
 """
 
 from __future__ import annotations
@@ -41,33 +43,70 @@ def decode(lines: list[str]) -> list[dict[str, Any]] | None:
     return data
 
 
-class SharedValues:
-    """One string object per distinct value of the fields named at construction.
+# Types a shared whole value may hold: equal means identical for these (floats are left out:
+# 0.0 == -0.0; bool is kept apart from int by the type in the key, as True == 1).
+_SCALARS = frozenset({str, int, bool, type(None)})
 
-    ``top``: fields whose string value repeats across records; ``nested``: fields holding a
-    dict whose string values (or lists of strings, like headers) repeat.
+
+def _content_key(value: Any) -> tuple[Any, ...] | None:
+    """A hashable key that is equal only for equal dicts or lists of plain scalars (type
+    included); None for anything else."""
+    if type(value) is dict:
+        types = tuple(map(type, value.values()))
+        return (dict, tuple(value.items()), types) if _SCALARS.issuperset(types) else None
+    if type(value) is list:
+        types = tuple(map(type, value))
+        return (list, tuple(value), types) if _SCALARS.issuperset(types) else None
+    return None
+
+
+class SharedValues:
+    """One object per distinct value of the fields named at construction.
+
+    ``top``: fields whose string or int value repeats across records; ``nested``: fields
+    holding a dict whose string values (or lists of strings, like header values) repeat;
+    ``whole``: fields whose whole value repeats (a resource, an empty list), shared when it
+    is a dict or list of plain scalars. Shared containers are never changed here, and the
+    records built from them are read-only by contract (see ``agent.evidence.load_evidence``).
     """
 
-    def __init__(self, top: tuple[str, ...], nested: tuple[str, ...]) -> None:
+    def __init__(self, top: tuple[str, ...], nested: tuple[str, ...],
+                 whole: tuple[str, ...] = ()) -> None:
         self.top = top
         self.nested = nested
-        self._table: dict[str, str] = {}
+        self.whole = whole
+        self._table: dict[Any, Any] = {}  # exact str and int values only (never bool)
+        self._lists: dict[tuple[str, ...], list[str]] = {}  # strings → the shared list
+        self._wholes: dict[tuple[Any, ...], Any] = {}
 
     def share(self, records: list[dict[str, Any]]) -> None:
         shared = self._table.setdefault
-        top, nested = self.top, self.nested
+        lists = self._lists
+        top, nested, whole = self.top, self.nested, self.whole
         for d in records:
             for name in top:
                 v = d.get(name)
-                if type(v) is str:
+                if type(v) is str or type(v) is int:
                     d[name] = shared(v, v)
             for name in nested:
                 inner = d.get(name)
                 if type(inner) is not dict:
                     continue
                 for k, v in inner.items():  # replacing values only: the dict keeps its size
+                    if k in UNIQUE_KEYS:
+                        continue
                     if type(v) is str:
-                        if k not in UNIQUE_KEYS:
-                            inner[k] = shared(v, v)
-                    elif type(v) is list and k not in UNIQUE_KEYS:
-                        inner[k] = [shared(x, x) if type(x) is str else x for x in v]
+                        inner[k] = shared(v, v)
+                    elif type(v) is list:
+                        if all(type(x) is str for x in v):
+                            key = tuple(v)
+                            found = lists.get(key)
+                            if found is None:
+                                found = lists[key] = [shared(x, x) for x in v]
+                            inner[k] = found
+                        else:
+                            inner[k] = [shared(x, x) if type(x) is str else x for x in v]
+            for name in whole:
+                v = d.get(name)
+                if (key := _content_key(v)) is not None:
+                    d[name] = self._wholes.setdefault(key, v)

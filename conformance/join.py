@@ -8,7 +8,8 @@ continue, are joined best effort to the remaining SERVER spans by method, path (
 template) and time overlap; ``JoinedRequest.span_join`` says which way each one was joined.
 A SERVER span left over whose parent chain reaches a joined server span is a nested
 duplicate of that request (``nested_spans``), not a span without a request.
-Everything is indexed in dicts so the join stays O(n) for large runs.
+Everything is indexed in dicts so the join stays O(n) for large runs; the span index it
+builds (``SpanIndex``) is kept on ``Joined`` for the driver view, which needs the same one.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from __future__ import annotations
 import bisect
 from collections import defaultdict
 from dataclasses import dataclass, field
+from operator import attrgetter
+from typing import Any
 
 from agent.evidence import AGENT_USER_AGENT, DriverRecord, Evidence, KernelRequest, Span
 from agent.tracecontext import TraceParent, parse_traceparent
@@ -27,21 +30,81 @@ JOIN_HEURISTIC = "heuristic"
 BASE_SLOP_NS = 1_000_000
 
 
-@dataclass
+class _Empty(list):
+    """The one empty list shared by every join field nothing was joined to: a million
+    requests would otherwise hold millions of empty lists. Read-only, so a stray append
+    fails loudly instead of reaching every request; writers assign a new list (``appended``)."""
+
+    __slots__ = ()
+
+    def _refuse(self, *args: Any, **kwargs: Any) -> None:
+        raise TypeError("a shared empty join list: assign a new list instead")
+
+    append = extend = insert = remove = pop = clear = sort = reverse = _refuse
+    __setitem__ = __delitem__ = __iadd__ = __imul__ = _refuse
+
+
+EMPTY: list[Any] = _Empty()
+
+
+def _none() -> list[Any]:
+    return EMPTY
+
+
+def appended(items: list[Any], item: Any) -> list[Any]:
+    """``items`` with ``item`` appended: a new list in place of the shared EMPTY."""
+    if items is EMPTY:
+        return [item]
+    items.append(item)
+    return items
+
+
+@dataclass(slots=True)
+class SpanIndex:
+    """Every span by trace-id and by (trace-id, parent-span-id), in export order; built
+    once per evaluation and shared by the join, the driver view and the checks."""
+
+    by_trace: dict[str, list[Span]]
+    by_key: dict[tuple[str, str], list[Span]]
+
+
+def index_spans(spans: list[Span]) -> SpanIndex:
+    by_trace: dict[str, list[Span]] = {}
+    by_key: dict[tuple[str, str], list[Span]] = {}
+    trace_get, key_get = by_trace.get, by_key.get
+    for s in spans:
+        t = s.trace_id
+        group = trace_get(t)
+        if group is None:
+            by_trace[t] = [s]
+        else:
+            group.append(s)
+        key = (t, s.parent_span_id)
+        group = key_get(key)
+        if group is None:
+            by_key[key] = [s]
+        else:
+            group.append(s)
+    return SpanIndex(by_trace, by_key)
+
+
+@dataclass(slots=True)
 class JoinedRequest:
-    """One kernel-observed server request and everything joined to it."""
+    """One kernel-observed server request and everything joined to it.
+
+    List fields nothing was joined to hold the shared read-only ``EMPTY``."""
 
     kernel: KernelRequest
     traceparent: TraceParent | None  # the valid inbound traceparent, else None
     traceparent_values: list[str]  # raw header values as captured (several = duplicated)
-    spans: list[Span] = field(default_factory=list)  # SERVER spans joined to it
+    spans: list[Span] = field(default_factory=_none)  # SERVER spans joined to it
     # Further SERVER spans inside one of ``spans``' subtrees (double instrumentation, e.g.
     # framework and WSGI middleware): duplicates of this request, not requests of their own.
-    nested_spans: list[Span] = field(default_factory=list)
+    nested_spans: list[Span] = field(default_factory=_none)
     span_join: str = ""  # JOIN_TRACEPARENT | JOIN_HEURISTIC | "" (no span)
     driver: DriverRecord | None = None
-    client_spans: list[Span] = field(default_factory=list)  # CLIENT descendants
-    outbound: list[KernelRequest] = field(default_factory=list)  # parent_request == this
+    client_spans: list[Span] = field(default_factory=_none)  # CLIENT descendants
+    outbound: list[KernelRequest] = field(default_factory=_none)  # parent_request == this
 
     @property
     def answered(self) -> bool:
@@ -67,6 +130,7 @@ class Joined:
     unmatched_driver: list[DriverRecord]  # driver records the kernel did not see
     heuristic_joins: int = 0
     notes: list[str] = field(default_factory=list)
+    span_index: SpanIndex | None = None  # every span indexed (the view reuses it)
     # Found once: half the checks ask, and a million requests take a while to filter.
     _answered: tuple[JoinedRequest, ...] | None = field(default=None, init=False, repr=False,
                                                          compare=False)
@@ -84,6 +148,10 @@ def is_agent_request(req: KernelRequest) -> bool:
     return ua.startswith(AGENT_USER_AGENT)
 
 
+def _answered(r: JoinedRequest) -> bool:
+    return r.kernel.status is not None and r.kernel.t_resp_last is not None
+
+
 def join(evidence: Evidence) -> Joined:
     """Join one run's evidence; see the module docstring for the rules."""
     uncertainty = int(evidence.meta.clock.get("uncertainty_ns") or 0)
@@ -91,37 +159,46 @@ def join(evidence: Evidence) -> Joined:
     under_test: list[JoinedRequest] = []
     agent: list[JoinedRequest] = []
     client_reqs: list[KernelRequest] = []
-    for k in sorted(evidence.kernel, key=lambda r: r.t_req_first):
+    for k in sorted(evidence.kernel, key=attrgetter("t_req_first")):
         if k.direction != "server":
             client_reqs.append(k)
             continue
-        values = k.headers.get("traceparent", [])
+        headers = k.headers
+        values = headers.get("traceparent", EMPTY)
         tp = parse_traceparent(values[0]) if len(values) == 1 else None
-        jr = JoinedRequest(kernel=k, traceparent=tp, traceparent_values=list(values))
-        (agent if is_agent_request(k) else under_test).append(jr)
+        # The captured list itself, not a copy: evidence is read-only once loaded.
+        jr = JoinedRequest(k, tp, values if isinstance(values, list) else list(values),
+                           EMPTY, EMPTY, "", None, EMPTY, EMPTY)
+        ua = headers.get("user-agent")  # is_agent_request, inlined: a million calls
+        (agent if ua and (ua[0] or "").startswith(AGENT_USER_AGENT) else under_test).append(jr)
 
+    index = index_spans(evidence.spans)
     server_spans = [s for s in evidence.spans if s.kind == "SERVER"]
     pool = _join_by_traceparent(under_test + agent, server_spans)
     # Exact kernel windows first, the slop after: otherwise a request without a span (not
     # sampled, lost) takes the span of the request that arrived just after its response.
     heuristic = 0
     for group in (under_test, agent):
+        if not pool:
+            break
         for window in (uncertainty, slop):
-            n = _join_by_overlap([r for r in group if not r.spans and r.answered], pool, window)
+            n = _join_by_overlap([r for r in group if not r.spans and _answered(r)], pool,
+                                 window)
             heuristic += n if group is under_test else 0
     unjoined = _attach_nested(under_test + agent, evidence.spans,
-                              [s for s in server_spans if id(s) in pool])
+                              [s for s in server_spans if id(s) in pool]) if pool else []
 
     unmatched_driver = _join_driver(under_test, evidence.driver, slop)
-    by_id = {r.kernel.id: r for r in under_test}
     unattributed = []
-    for c in client_reqs:
-        parent = by_id.get(c.parent_request or "")
-        if parent is None:
-            unattributed.append(c)
-        else:
-            parent.outbound.append(c)
-    _attach_client_spans(under_test, evidence.spans)
+    if client_reqs:
+        by_id = {r.kernel.id: r for r in under_test}
+        for c in client_reqs:
+            parent = by_id.get(c.parent_request or "")
+            if parent is None:
+                unattributed.append(c)
+            else:
+                parent.outbound = appended(parent.outbound, c)
+    _attach_client_spans(under_test, index.by_key)
 
     notes = []
     if heuristic:
@@ -131,27 +208,37 @@ def join(evidence: Evidence) -> Joined:
         requests=under_test, agent_requests=[r.kernel for r in agent],
         agent_spans=[s for r in agent for s in r.spans], unjoined_spans=unjoined,
         unattributed_outbound=unattributed, unmatched_driver=unmatched_driver,
-        heuristic_joins=heuristic, notes=notes,
+        heuristic_joins=heuristic, notes=notes, span_index=index,
     )
 
 
 def _join_by_traceparent(requests: list[JoinedRequest], spans: list[Span]) -> dict[int, Span]:
-    """Attach spans keyed by (inbound trace-id, parent-id); return the unjoined span pool."""
-    by_key: dict[tuple[str, str], list[Span]] = defaultdict(list)
-    for s in spans:
-        by_key[(s.trace_id, s.parent_span_id)].append(s)
-    reqs_by_key: dict[tuple[str, str], list[JoinedRequest]] = defaultdict(list)
+    """Attach spans keyed by (inbound trace-id, parent-id); return the unjoined span pool
+    (grouped by key in order of first appearance, each group in export order)."""
+    # Key → its request, or the list of them when a resent header shares the key.
+    reqs_by_key: dict[tuple[str, str], Any] = {}
     for r in requests:
         if r.traceparent:
-            reqs_by_key[(r.traceparent.trace_id, r.traceparent.parent_id)].append(r)
-    for key, reqs in reqs_by_key.items():
-        for s in by_key.pop(key, []):
-            # One request per key is the norm; a resent header shares the key, so each
-            # span goes to the request whose time window it starts in (else the nearest).
-            target = reqs[0] if len(reqs) == 1 else min(reqs, key=lambda r: _distance(r, s))
-            target.spans.append(s)
-            target.span_join = JOIN_TRACEPARENT
-    return {id(s): s for group in by_key.values() for s in group}
+            key = (r.traceparent.trace_id, r.traceparent.parent_id)
+            prev = reqs_by_key.setdefault(key, r)
+            if prev is not r:
+                if type(prev) is list:
+                    prev.append(r)
+                else:
+                    reqs_by_key[key] = [prev, r]
+    left: dict[tuple[str, str], list[Span]] = {}
+    for s in spans:
+        key = (s.trace_id, s.parent_span_id)
+        reqs = reqs_by_key.get(key)
+        if reqs is None:
+            left.setdefault(key, []).append(s)
+            continue
+        # One request per key is the norm; a resent header shares the key, so each span
+        # goes to the request whose time window it starts in (else the nearest).
+        target = reqs if type(reqs) is not list else min(reqs, key=lambda r: _distance(r, s))
+        target.spans = appended(target.spans, s)
+        target.span_join = JOIN_TRACEPARENT
+    return {id(s): s for group in left.values() for s in group}
 
 
 def _attach_nested(requests: list[JoinedRequest], spans: list[Span], unjoined: list[Span]
@@ -177,7 +264,7 @@ def _attach_nested(requests: list[JoinedRequest], spans: list[Span], unjoined: l
         if found is None:
             rest.append(s)
         else:
-            found.nested_spans.append(s)
+            found.nested_spans = appended(found.nested_spans, s)
     return rest
 
 
@@ -217,7 +304,7 @@ def _join_by_overlap(requests: list[JoinedRequest], pool: dict[int, Span], slop:
                                   (k.t_resp_last or k.t_req_first) + slop, k.t_req_first)
         if best is not None:
             del pool[id(best)]
-            r.spans.append(best)
+            r.spans = appended(r.spans, best)
             r.span_join = JOIN_HEURISTIC
             joined += 1
     return joined
@@ -242,23 +329,40 @@ def _nearest_in_window(groups: list[list[Span]], pool: dict[int, Span], lo: int,
 def _join_driver(requests: list[JoinedRequest], driver: list[DriverRecord],
                  slop: int) -> list[DriverRecord]:
     """Attach driver records by traceparent, else by method, path and send time."""
-    by_key: dict[tuple[str, str], list[DriverRecord]] = defaultdict(list)
+    # Key → its record, or the list of them when several were sent with one traceparent.
+    by_key: dict[tuple[str, str], Any] = {}
     rest: list[DriverRecord] = []
     for d in driver:
-        (by_key[(d.trace_id, d.parent_id)] if d.trace_id else rest).append(d)
+        if not d.trace_id:
+            rest.append(d)
+            continue
+        key = (d.trace_id, d.parent_id)
+        prev = by_key.setdefault(key, d)
+        if prev is not d:
+            if type(prev) is list:
+                prev.append(d)
+            else:
+                by_key[key] = [prev, d]
     pending: list[JoinedRequest] = []
     for r in requests:
-        group = by_key.get((r.traceparent.trace_id, r.traceparent.parent_id)) if r.traceparent \
-            else None
-        if group:
+        tp = r.traceparent
+        group = by_key.get((tp.trace_id, tp.parent_id)) if tp else None
+        if not group:  # none sent with it, or all taken
+            pending.append(r)
+        elif type(group) is not list:
+            r.driver = group
+            by_key[(tp.trace_id, tp.parent_id)] = []  # taken; its place in the order kept
+        else:
             d = min(group, key=lambda d: abs(d.t_send_ns - r.kernel.t_req_first))
             group.remove(d)
             r.driver = d
+    for group in by_key.values():
+        if type(group) is list:
+            rest += group
         else:
-            pending.append(r)
-    rest += [d for group in by_key.values() for d in group]
+            rest.append(group)
     by_route: dict[tuple[str, str], list[DriverRecord]] = defaultdict(list)
-    for d in sorted(rest, key=lambda d: d.t_send_ns):
+    for d in sorted(rest, key=attrgetter("t_send_ns")):
         by_route[(d.method.upper(), d.path.split("?", 1)[0])].append(d)
     for r in pending:
         group = by_route.get((r.kernel.method, r.kernel.path))
@@ -273,15 +377,21 @@ def _join_driver(requests: list[JoinedRequest], driver: list[DriverRecord],
     return [d for group in by_route.values() for d in group]
 
 
-def _attach_client_spans(requests: list[JoinedRequest], spans: list[Span]) -> None:
-    """CLIENT spans among the descendants of each request's server spans."""
-    children: dict[tuple[str, str], list[Span]] = defaultdict(list)
-    for s in spans:
-        if s.parent_span_id:
-            children[(s.trace_id, s.parent_span_id)].append(s)
+def _attach_client_spans(requests: list[JoinedRequest],
+                         by_key: dict[tuple[str, str], list[Span]]) -> None:
+    """CLIENT spans among the descendants of each request's server spans (``by_key``: the
+    spans by (trace-id, parent-span-id))."""
     for r in requests:
+        spans = r.spans
+        if not spans:
+            continue
+        if len(spans) == 1:  # the usual case: one server span, often without children
+            s = spans[0]
+            if not s.span_id or (s.trace_id, s.span_id) not in by_key:
+                continue
+        found: list[Span] = []
         seen: set[tuple[str, str]] = set()
-        stack = list(r.spans)
+        stack = list(spans)
         while stack:
             s = stack.pop()
             key = (s.trace_id, s.span_id)
@@ -289,6 +399,9 @@ def _attach_client_spans(requests: list[JoinedRequest], spans: list[Span]) -> No
                 continue
             seen.add(key)
             if s.kind == "CLIENT":
-                r.client_spans.append(s)
-            stack.extend(children.get(key, ()))
-        r.client_spans.sort(key=lambda s: s.start_ns)
+                found.append(s)
+            if s.span_id:  # spans without a parent are no span's children
+                stack.extend(by_key.get(key, ()))
+        if found:
+            found.sort(key=attrgetter("start_ns"))
+            r.client_spans = found

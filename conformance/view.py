@@ -21,12 +21,13 @@ from __future__ import annotations
 import bisect
 from collections import defaultdict
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import Any
 
 from agent.evidence import DownstreamRecord, DriverRecord, Evidence, KernelRequest, Span
 from agent.tracecontext import parse_traceparent
 from conformance.httpsem import route_matches, span_method, span_path, span_route
-from conformance.join import BASE_SLOP_NS, Joined
+from conformance.join import BASE_SLOP_NS, EMPTY, Joined, appended, index_spans
 from conformance.scenario import FANOUT_SUFFIX, base_case, fans_out
 
 JOIN_KEY, JOIN_KERNEL, JOIN_HEURISTIC = "traceparent", "kernel", "heuristic"
@@ -34,7 +35,7 @@ SOURCE_KERNEL, SOURCE_DOWNSTREAM = "kernel", "downstream"
 HOW_PARENT, HOW_TIME, HOW_TRACE = "parent_request", "time window", "trace-id"
 
 
-@dataclass
+@dataclass(slots=True)
 class Outbound:
     """One outbound call the SUT made, as one witness saw it (headers lower-case)."""
 
@@ -53,16 +54,21 @@ class Outbound:
         return f"{self.source} ({self.how})"
 
 
-@dataclass
+def _none() -> list[Any]:
+    return EMPTY
+
+
+@dataclass(slots=True)
 class RequestView:
-    """One request the driver sent, with its server spans and outbound calls."""
+    """One request the driver sent, with its server spans and outbound calls (list fields
+    nothing was joined to hold the shared read-only ``conformance.join.EMPTY``)."""
 
     driver: DriverRecord
     fanout: bool
-    spans: list[Span] = field(default_factory=list)  # SERVER spans
+    spans: list[Span] = field(default_factory=_none)  # SERVER spans
     span_join: str = ""
     kernel: KernelRequest | None = None
-    outbound: list[Outbound] = field(default_factory=list)
+    outbound: list[Outbound] = field(default_factory=_none)
     overlapped: bool = False  # another request with the same method and path was in flight
 
     @property
@@ -124,22 +130,21 @@ def build_view(evidence: Evidence, joined: Joined | None) -> View:
         return found
 
     reqs = [RequestView(d, fanout(d))
-            for d in sorted(evidence.driver, key=lambda d: (d.t_send_ns, d.seq))]
-    by_trace: dict[str, list[Span]] = defaultdict(list)
-    by_key: dict[tuple[str, str], list[Span]] = defaultdict(list)
-    for s in evidence.spans:
-        by_trace[s.trace_id].append(s)
-        by_key[(s.trace_id, s.parent_span_id)].append(s)
+            for d in sorted(evidence.driver, key=attrgetter("t_send_ns", "seq"))]
+    # The join's index when there is one: a million spans are indexed once, not twice.
+    index = joined.span_index if joined is not None and joined.span_index is not None \
+        else index_spans(evidence.spans)
+    by_key = index.by_key
     agent_spans = {id(s) for s in joined.agent_spans} if joined else set()
     pool = {id(s): s for s in evidence.spans if s.kind == "SERVER" and id(s) not in agent_spans}
 
     for r in reqs:  # 1. the traceparent sent
         d = r.driver
-        if d.trace_id:
-            found = [s for s in by_key.get((d.trace_id, d.parent_id), []) if id(s) in pool]
-            for s in found:
-                del pool[id(s)]
+        if d.trace_id and (group := by_key.get((d.trace_id, d.parent_id))):
+            found = [s for s in group if id(s) in pool]
             if found:
+                for s in found:
+                    del pool[id(s)]
                 r.spans, r.span_join = found, JOIN_KEY
     if joined is not None:  # 2. the kernel join, which timed the request on the wire
         by_driver = {id(j.driver): j for j in joined.requests if j.driver is not None}
@@ -148,36 +153,42 @@ def build_view(evidence: Evidence, joined: Joined | None) -> View:
             if j is None:
                 continue
             r.kernel = j.kernel
-            if not r.spans:
+            if not r.spans and j.spans:
                 found = [s for s in j.spans if id(s) in pool]
-                for s in found:
-                    del pool[id(s)]
                 if found:
+                    for s in found:
+                        del pool[id(s)]
                     r.spans, r.span_join = found, JOIN_KERNEL
-            r.outbound += [_from_kernel(c) for c in j.outbound]
+            if j.outbound:  # nothing was added to r.outbound before
+                r.outbound = [_from_kernel(c) for c in j.outbound]
     # The driver, the sink and (on this host) the SUT read one realtime clock: windows are
     # exact first, so a request never takes the span of the one sent right after it; the
     # slop only helps spans whose clock reading falls a hair outside.
     tight = int(evidence.meta.clock.get("uncertainty_ns") or 0)
     for window in (tight, slop):
-        _join_heuristic([r for r in reqs if not r.spans], pool, window)
+        if pool:
+            _join_heuristic([r for r in reqs if not r.spans], pool, window)
     _mark_overlaps(reqs)
     unattributed = _attach_downstream(reqs, evidence.downstream, tight)
-    return View(reqs, unattributed, dict(by_trace), dict(by_key))
+    return View(reqs, unattributed, index.by_trace, by_key)
 
 
 def _mark_overlaps(reqs: list[RequestView]) -> None:
+    """Flag requests sent while another of the same method and path was in flight
+    (``reqs`` in send order)."""
     groups: dict[tuple[str, str], list[RequestView]] = defaultdict(list)
     for r in reqs:
-        groups[(r.driver.method.upper(), r.driver.path.split("?", 1)[0])].append(r)
-    for group in groups.values():
-        group.sort(key=lambda r: r.driver.t_send_ns)
+        d = r.driver
+        groups[(d.method.upper(), d.path.split("?", 1)[0])].append(r)
+    for group in groups.values():  # in send order already: ``reqs`` is
         reach, holder = None, None  # the latest receive time so far, and whose it is
         for r in group:
-            if reach is not None and r.driver.t_send_ns <= reach:
+            d = r.driver
+            recv = d.t_recv_ns or d.t_send_ns
+            if reach is not None and d.t_send_ns <= reach:
                 r.overlapped = holder.overlapped = True
-            if reach is None or _recv(r) > reach:
-                reach, holder = _recv(r), r
+            if reach is None or recv > reach:
+                reach, holder = recv, r
 
 
 def _from_kernel(k: KernelRequest) -> Outbound:
@@ -228,28 +239,32 @@ def _attach_downstream(reqs: list[RequestView], records: list[DownstreamRecord],
     """Tie each sink record to one fan-out request (time window, else trace-id)."""
     fan = sorted((r for r in reqs if r.fanout), key=lambda r: r.driver.t_send_ns)
     sends = [r.driver.t_send_ns for r in fan]
-    longest = max((_recv(r) - r.driver.t_send_ns for r in fan), default=0)
-    by_trace: dict[str, list[RequestView]] = defaultdict(list)
-    for r in fan:
-        for tid in _trace_ids(r):
-            by_trace[tid].append(r)
+    recvs = [_recv(r) for r in fan]
+    longest = max((recv - send for send, recv in zip(sends, recvs)), default=0)
+    by_trace: dict[str, list[RequestView]] | None = None  # built when a window is ambiguous
     left: list[DownstreamRecord] = []
-    for rec in sorted(records, key=lambda x: x.t_ns):
-        lo = bisect.bisect_left(sends, rec.t_ns - longest - slop)
-        hi = bisect.bisect_right(sends, rec.t_ns + slop)
-        inflight = [r for r in fan[lo:hi] if rec.t_ns <= _recv(r) + slop]
-        target, how = (inflight[0], HOW_TIME) if len(inflight) == 1 else (None, "")
+    for rec in sorted(records, key=attrgetter("t_ns")):
+        t = rec.t_ns
+        inflight = [i for i in range(bisect.bisect_left(sends, t - longest - slop),
+                                     bisect.bisect_right(sends, t + slop))
+                    if t <= recvs[i] + slop]
+        target, how = (fan[inflight[0]], HOW_TIME) if len(inflight) == 1 else (None, "")
         if target is None:
             values = rec.headers.get("traceparent", [])
             tp = parse_traceparent(values[0]) if len(values) == 1 else None
+            if tp and by_trace is None:
+                by_trace = defaultdict(list)
+                for r in fan:
+                    for tid in _trace_ids(r):
+                        by_trace[tid].append(r)
             owners = by_trace.get(tp.trace_id, []) if tp else []
             if len(owners) == 1:
                 target, how = owners[0], HOW_TRACE
         if target is None:
             left.append(rec)
             continue
-        target.outbound.append(Outbound(SOURCE_DOWNSTREAM, how, rec.method, rec.path,
-                                        rec.headers, rec.t_ns))
+        target.outbound = appended(target.outbound, Outbound(SOURCE_DOWNSTREAM, how, rec.method,
+                                                          rec.path, rec.headers, rec.t_ns))
     return left
 
 

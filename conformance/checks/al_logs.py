@@ -4,8 +4,8 @@ and span_id (OTLP logs and JSON stdout lines alike)."""
 from __future__ import annotations
 
 import bisect
-from collections import defaultdict
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import Any
 
 from agent.evidence import LogRecord
@@ -25,26 +25,51 @@ LATE_NS = 50_000_000
 EARLY_NS = 1_000_000
 
 
-@dataclass
+@dataclass(slots=True)
 class _Window:
     lo: int
     hi: int
     path: str
-    traces: frozenset[str]  # the trace-id sent and the server span's
-    span_ids: frozenset[str]  # exported spans of those traces
+    traces: tuple[str, ...]  # the trace-id sent and the server span's, distinct
     request: RequestView
+
+    def span_ids(self, by_trace: dict[str, list[Any]]) -> set[str]:
+        """Exported spans of those traces (asked of the few windows a log lands in)."""
+        return {s.span_id for t in self.traces for s in by_trace.get(t, ())}
 
 
 def _windows(view: Any) -> list[_Window]:
     out = []
     for r in view.requests:
         d = r.driver
-        traces = {s.trace_id for s in r.spans} | ({d.trace_id} if d.trace_id else set())
-        ids = frozenset(s.span_id for t in traces for s in view.spans_by_trace.get(t, []))
-        lo = min([d.t_send_ns] + [s.start_ns for s in r.spans])
-        hi = max([d.t_recv_ns or d.t_send_ns] + [s.end_ns for s in r.spans])
-        out.append(_Window(lo, hi, d.path.split("?", 1)[0], frozenset(traces), ids, r))
-    return sorted(out, key=lambda w: w.lo)
+        spans = r.spans
+        recv = d.t_recv_ns or d.t_send_ns
+        if len(spans) == 1:  # the usual request: one server span, no sets or lists to build
+            s = spans[0]
+            traces: tuple[str, ...] = (s.trace_id,) if not d.trace_id or d.trace_id == s.trace_id \
+                else (s.trace_id, d.trace_id)
+            lo, hi = min(d.t_send_ns, s.start_ns), max(recv, s.end_ns)
+        else:
+            traces = tuple({s.trace_id for s in spans} | ({d.trace_id} if d.trace_id else set()))
+            lo = min([d.t_send_ns] + [s.start_ns for s in spans])
+            hi = max([recv] + [s.end_ns for s in spans])
+        out.append(_Window(lo, hi, d.path.split("?", 1)[0], traces, r))
+    out.sort(key=attrgetter("lo"))
+    return out
+
+
+def _owners(windows: list[_Window]) -> dict[str, Any]:
+    """Trace-id → the window sending or serving it, or the list of them when several do."""
+    owners: dict[str, Any] = {}
+    for w in windows:
+        for t in w.traces:
+            prev = owners.setdefault(t, w)
+            if prev is not w:
+                if type(prev) is list:
+                    prev.append(w)
+                else:
+                    owners[t] = [prev, w]
+    return owners
 
 
 def _near(windows: list[_Window], los: list[int], t: int, longest: int) -> list[_Window]:
@@ -82,23 +107,25 @@ def logs_carry_request_context(ctx: CheckContext) -> Finding:
     if not logs:
         return Finding.skipped("the SUT sent no OTLP log record and printed no JSON log line: "
                                "nothing to check")
-    windows = _windows(view_of(ctx))
+    view = view_of(ctx)
+    windows = _windows(view)
     los = [w.lo for w in windows]
     longest = max((w.hi - w.lo for w in windows), default=0)
-    owners: dict[str, list[_Window]] = defaultdict(list)
-    for w in windows:
-        for t in w.traces:
-            owners[t].append(w)
+    owners = _owners(windows)
     missing, wrong, linked, ignored, unverifiable = [], [], 0, 0, 0
     for log in logs:
         if not log.time_ns:
             ignored += 1
             continue
         t, tid = log.time_ns, (log.trace_id or "").lower()
-        own = [w for w in owners.get(tid, ()) if w.lo - EARLY_NS <= t <= w.hi + LATE_NS]
+        found = owners.get(tid)
+        own = [] if found is None else [
+            w for w in (found if type(found) is list else (found,))
+            if w.lo - EARLY_NS <= t <= w.hi + LATE_NS]
         if own:  # the ids of a request, written while (or just after) it was served
             w = own[0]
-            if log.span_id and w.span_ids and log.span_id.lower() not in w.span_ids:
+            if log.span_id and (ids := w.span_ids(view.spans_by_trace)) \
+                    and log.span_id.lower() not in ids:
                 wrong.append(_ref(log, w, problem="span_id is no span of the request's trace"))
             else:
                 linked += 1

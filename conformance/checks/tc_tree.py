@@ -3,7 +3,6 @@ no cycles, one server root per inbound request, children inside their parent (SH
 
 from __future__ import annotations
 
-from collections import defaultdict
 from operator import itemgetter
 from typing import Any
 
@@ -42,37 +41,59 @@ def _cycles(spans: dict[str, Span]) -> list[Span]:
     return looped
 
 
+def _add(index: dict[str, Any], key: str, value: str) -> None:
+    """index[key] holds one value, or a list once a second one comes (most keys have one:
+    a million one-item lists cost more than judging the traces)."""
+    prev = index.setdefault(key, value)
+    if prev is not value:
+        if type(prev) is list:
+            prev.append(value)
+        else:
+            index[key] = [prev, value]
+
+
+def _values(index: dict[str, Any], key: str) -> list[str]:
+    found = index.get(key)
+    return [] if found is None else found if type(found) is list else [found]
+
+
 @check("TC-005")
 def span_tree_integrity(ctx: CheckContext) -> Finding:
     view = view_of(ctx)
-    remote_parents: dict[str, set[str]] = defaultdict(set)  # trace → parent-ids the driver sent
+    sent_parents: dict[str, Any] = {}  # trace → parent-id(s) the driver sent (see _add)
     # trace → traceparent values its server spans' requests carried: their hex windows join
-    # remote_parents only when a span of the trace has a parent outside it (rarely needed).
-    sent_values: dict[str, list[str]] = defaultdict(list)
+    # the remote parents only when a span of the trace has a parent outside it (rarely).
+    sent_values: dict[str, Any] = {}
+    widened: dict[str, set[str]] = {}  # trace → its remote parents, hex windows included
 
     def is_remote(trace: str, parent: str) -> bool:
-        if parent in remote_parents[trace]:
+        remote = widened.get(trace)
+        if remote is not None:
+            return parent in remote
+        if parent in _values(sent_parents, trace):
             return True
-        for value in sent_values.pop(trace, ()):
-            remote_parents[trace] |= hex_windows(value, 16)
-        return parent in remote_parents[trace]
+        remote = widened[trace] = set(_values(sent_parents, trace))
+        for value in _values(sent_values, trace):
+            remote |= hex_windows(value, 16)
+        return parent in remote
 
-    owner: dict[int, Any] = {}  # id(server span) → its request
+    owned: set[int] = set()  # ids of the requests' server spans
     traces: set[str] = set()
     for r in view.requests:
         d = r.driver
         if d.trace_id:
             traces.add(d.trace_id)
-            remote_parents[d.trace_id].add(d.parent_id)
+            _add(sent_parents, d.trace_id, d.parent_id)
         sent = d.request_headers.get("traceparent", "")
         for s in r.spans:
             traces.add(s.trace_id)
-            owner[id(s)] = r
+            owned.add(id(s))
             # A server span parented to what the request carried (even an invalid value
             # the SUT wrongly accepted: TC-003's business) has a remote parent, not a lost one.
             if sent:
-                sent_values[s.trace_id].append(sent)
-    traces = {t for t in traces if view.spans_by_trace.get(t)}
+                _add(sent_values, s.trace_id, sent)
+    by_trace = view.spans_by_trace
+    traces = {t for t in traces if by_trace.get(t)}
     expected = {"orphans": 0, "cycles": 0, "server_roots_per_request": 1,
                 "extra_roots": 0, "duplicate_span_ids": 0}
     if not traces:
@@ -84,8 +105,18 @@ def span_tree_integrity(ctx: CheckContext) -> Finding:
     # Traces in any order (sorting a million trace-ids cost more than judging them); the
     # findings are put in trace-id order below, as if the traces had been sorted.
     for t in traces:
-        spans = view.spans_by_trace[t]
+        spans = by_trace[t]
         n_spans += len(spans)
+        if len(spans) == 1:  # the usual trace: its server span alone, judged without indexes
+            s = spans[0]
+            parent = s.parent_span_id
+            if parent and parent == s.span_id:  # its own parent: a cycle of one
+                cycles.append(_span_ref(s))
+            elif parent and not is_remote(t, parent):
+                orphans.append(_span_ref(s))
+            elif id(s) not in owned:  # a root that is no request's server span
+                extra_roots.append(_span_ref(s))
+            continue
         by_id: dict[str, Span] = {}
         for s in spans:
             if s.span_id in by_id:
@@ -104,7 +135,7 @@ def span_tree_integrity(ctx: CheckContext) -> Finding:
                                     "end_after_parent_us": (s.end_ns - p.end_ns) // 1000})
             elif parent and not is_remote(t, parent):
                 orphans.append(_span_ref(s))
-            elif id(s) not in owner:  # a root that is no request's server span
+            elif id(s) not in owned:  # a root that is no request's server span
                 extra_roots.append(_span_ref(s))
         if linked:
             cycles += [_span_ref(s) for s in _cycles(by_id)]
