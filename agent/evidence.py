@@ -275,6 +275,11 @@ def _field_names(cls: type) -> frozenset[str]:
     return frozenset(f.name for f in dataclasses.fields(cls))
 
 
+@functools.cache
+def _field_order(cls: type) -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(cls))
+
+
 def from_dict(cls: type[T], data: dict[str, Any]) -> T:
     """Build ``cls`` from a dict, ignoring keys a newer writer added."""
     names = _field_names(cls)
@@ -393,14 +398,14 @@ def _read_jsonl(path: Path, cls: type[T]) -> Iterator[T]:
     if not path.exists():
         return
     shared = jsonl.SharedValues(*_REPEATING.get(cls.__name__, ((), (), ())))
-    names = _field_names(cls)
+    order = _field_order(cls)
     with open(path, encoding="utf-8") as f:
         for first, lines in jsonl.chunks(f):
             data = jsonl.decode(lines)
             if data is not None:
                 shared.share(data)
-                try:  # from_dict, inlined: five million calls
-                    yield from [cls(**d) if names.issuperset(d) else from_dict(cls, d)
+                try:  # the writer's records have every field in order: positional is 2x faster
+                    yield from [cls(*d.values()) if tuple(d) == order else from_dict(cls, d)
                                 for d in data]
                     continue
                 except (ValueError, TypeError):

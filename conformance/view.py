@@ -27,7 +27,7 @@ from typing import Any
 from agent.evidence import DownstreamRecord, DriverRecord, Evidence, KernelRequest, Span
 from agent.tracecontext import parse_traceparent
 from conformance.httpsem import route_matches, span_method, span_path, span_route
-from conformance.join import BASE_SLOP_NS, EMPTY, Joined, appended, index_spans
+from conformance.join import BASE_SLOP_NS, EMPTY, Joined, SpanIndex, appended, index_spans
 from conformance.scenario import FANOUT_SUFFIX, base_case, fans_out
 
 JOIN_KEY, JOIN_KERNEL, JOIN_HEURISTIC = "traceparent", "kernel", "heuristic"
@@ -117,7 +117,10 @@ class View:
         return [r for r in self.requests if r.case.startswith(prefix)]
 
 
-def build_view(evidence: Evidence, joined: Joined | None) -> View:
+def build_view(evidence: Evidence, joined: Joined | None, index: SpanIndex | None = None
+               ) -> View:
+    """The driver's view of ``evidence``; ``index``: its spans indexed (else the join's
+    index, else built here)."""
     scenario = evidence.meta.scenario or {}
     slop = BASE_SLOP_NS + int(evidence.meta.clock.get("uncertainty_ns") or 0)
     fan_paths: dict[str, bool] = {}  # targets repeat: each is matched against the routes once
@@ -131,9 +134,10 @@ def build_view(evidence: Evidence, joined: Joined | None) -> View:
 
     reqs = [RequestView(d, fanout(d))
             for d in sorted(evidence.driver, key=attrgetter("t_send_ns", "seq"))]
-    # The join's index when there is one: a million spans are indexed once, not twice.
-    index = joined.span_index if joined is not None and joined.span_index is not None \
-        else index_spans(evidence.spans)
+    # A million spans are indexed once per evaluation, not once per reader.
+    if index is None:
+        index = joined.span_index if joined is not None and joined.span_index is not None \
+            else index_spans(evidence.spans)
     by_key = index.by_key
     agent_spans = {id(s) for s in joined.agent_spans} if joined else set()
     pool = {id(s): s for s in evidence.spans if s.kind == "SERVER" and id(s) not in agent_spans}
@@ -268,7 +272,15 @@ def _attach_downstream(reqs: list[RequestView], records: list[DownstreamRecord],
     return left
 
 
+def span_index(ctx: Any) -> SpanIndex:
+    """Every span of a check context by trace and by parent, built once per evaluation: the
+    join's index on kernel evidence (the join is computed then anyway), else its own."""
+    if ctx.evidence.kernel and ctx.joined.span_index is not None:
+        return ctx.joined.span_index
+    return ctx.shared("span_index", lambda: index_spans(ctx.evidence.spans))
+
+
 def view_of(ctx: Any) -> View:
     """The view of a check context, built once per evaluation."""
     joined = ctx.joined if ctx.evidence.kernel else None
-    return ctx.shared("view", lambda: build_view(ctx.evidence, joined))
+    return ctx.shared("view", lambda: build_view(ctx.evidence, joined, span_index(ctx)))

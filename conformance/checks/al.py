@@ -12,6 +12,7 @@ from agent.exposition import Exposition
 from conformance.model import Finding
 from conformance.registry import CheckContext, check
 from conformance.scrapes import answered, parsed_scrape
+from conformance.view import span_index
 
 SAMPLES = 10
 # Span resource attribute → the Prometheus label names that carry it (OTel's target_info
@@ -139,8 +140,7 @@ def _exemplars(ctx: CheckContext) -> Iterator[tuple[str, str, str | None]]:
 
 @check("AL-002")
 def exemplars_reference_exported_traces(ctx: CheckContext) -> Finding:
-    spans = {(s.trace_id, s.span_id) for s in ctx.evidence.spans}
-    traces = {t for t, _ in spans}
+    by_trace = span_index(ctx).by_trace  # no set of every span: a few exemplars are looked up
     expected = {"exemplar": "trace_id (and span_id) of a span the SUT exported"}
     checked: set[tuple[str, str, str | None]] = set()
     missing = []
@@ -148,14 +148,14 @@ def exemplars_reference_exported_traces(ctx: CheckContext) -> Finding:
         if (trace, span, where.split(" (")[0]) in checked:
             continue
         checked.add((trace, span, where.split(" (")[0]))
-        if trace not in traces:
+        if trace not in by_trace:
             missing.append({"where": where, "trace_id": trace, "span_id": span,
                             "problem": "no exported span has this trace_id"})
-        elif span and (trace, span) not in spans:
+        elif span and all(s.span_id != span for s in by_trace[trace]):
             missing.append({"where": where, "trace_id": trace, "span_id": span,
                             "problem": "the trace was exported but not this span_id"})
     observed = {"exemplars": len(checked), "unresolved": len(missing),
-                "exported_traces": len(traces)}
+                "exported_traces": len(by_trace)}
     if not checked:
         return Finding.skipped("no exemplar with a trace_id was exposed during the run "
                                "(OpenMetrics scrapes and OTLP metrics): nothing to resolve",

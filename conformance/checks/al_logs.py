@@ -33,9 +33,16 @@ class _Window:
     traces: tuple[str, ...]  # the trace-id sent and the server span's, distinct
     request: RequestView
 
-    def span_ids(self, by_trace: dict[str, list[Any]]) -> set[str]:
-        """Exported spans of those traces (asked of the few windows a log lands in)."""
-        return {s.span_id for t in self.traces for s in by_trace.get(t, ())}
+    def knows_span(self, by_trace: dict[str, list[Any]], span_id: str) -> bool | None:
+        """Whether ``span_id`` is an exported span of those traces; None when they have no
+        exported span (asked of the window a log lands in, no set built per log)."""
+        known = None
+        for t in self.traces:
+            for s in by_trace.get(t, ()):
+                if s.span_id == span_id:
+                    return True
+                known = False
+        return known
 
 
 def _windows(view: Any) -> list[_Window]:
@@ -124,8 +131,7 @@ def logs_carry_request_context(ctx: CheckContext) -> Finding:
             if w.lo - EARLY_NS <= t <= w.hi + LATE_NS]
         if own:  # the ids of a request, written while (or just after) it was served
             w = own[0]
-            if log.span_id and (ids := w.span_ids(view.spans_by_trace)) \
-                    and log.span_id.lower() not in ids:
+            if log.span_id and w.knows_span(view.spans_by_trace, log.span_id.lower()) is False:
                 wrong.append(_ref(log, w, problem="span_id is no span of the request's trace"))
             else:
                 linked += 1

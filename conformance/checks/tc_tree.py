@@ -57,6 +57,11 @@ def _values(index: dict[str, Any], key: str) -> list[str]:
     return [] if found is None else found if type(found) is list else [found]
 
 
+def _holds(index: dict[str, Any], key: str, value: str) -> bool:
+    found = index.get(key)
+    return found == value or type(found) is list and value in found
+
+
 @check("TC-005")
 def span_tree_integrity(ctx: CheckContext) -> Finding:
     view = view_of(ctx)
@@ -70,7 +75,7 @@ def span_tree_integrity(ctx: CheckContext) -> Finding:
         remote = widened.get(trace)
         if remote is not None:
             return parent in remote
-        if parent in _values(sent_parents, trace):
+        if _holds(sent_parents, trace, parent):
             return True
         remote = widened[trace] = set(_values(sent_parents, trace))
         for value in _values(sent_values, trace):
@@ -78,33 +83,36 @@ def span_tree_integrity(ctx: CheckContext) -> Finding:
         return parent in remote
 
     owned: set[int] = set()  # ids of the requests' server spans
-    traces: set[str] = set()
+    # The traces in order of first appearance, not in a set's hash order: walked in the
+    # order they were read, a million traces' spans are found in memory order, which at
+    # that size (far beyond the CPU caches) took half the time.
+    traces: dict[str, None] = {}
     for r in view.requests:
         d = r.driver
         if d.trace_id:
-            traces.add(d.trace_id)
+            traces[d.trace_id] = None
             _add(sent_parents, d.trace_id, d.parent_id)
         sent = d.request_headers.get("traceparent", "")
         for s in r.spans:
-            traces.add(s.trace_id)
+            traces[s.trace_id] = None
             owned.add(id(s))
             # A server span parented to what the request carried (even an invalid value
             # the SUT wrongly accepted: TC-003's business) has a remote parent, not a lost one.
             if sent:
                 _add(sent_values, s.trace_id, sent)
     by_trace = view.spans_by_trace
-    traces = {t for t in traces if by_trace.get(t)}
+    exported = [t for t in traces if by_trace.get(t)]
     expected = {"orphans": 0, "cycles": 0, "server_roots_per_request": 1,
                 "extra_roots": 0, "duplicate_span_ids": 0}
-    if not traces:
+    if not exported:
         return Finding.inconclusive("no span was exported for any trace the driver's requests "
                                     "started", {"traces": 0}, expected)
     orphans, extra_roots, dup_ids, cycles, outside = [], [], [], [], []
     multi_root = [r for r in view.requests if len(r.spans) > 1]
     n_spans = 0
-    # Traces in any order (sorting a million trace-ids cost more than judging them); the
+    # Traces in reading order (sorting a million trace-ids cost more than judging them); the
     # findings are put in trace-id order below, as if the traces had been sorted.
-    for t in traces:
+    for t in exported:
         spans = by_trace[t]
         n_spans += len(spans)
         if len(spans) == 1:  # the usual trace: its server span alone, judged without indexes
@@ -141,7 +149,7 @@ def span_tree_integrity(ctx: CheckContext) -> Finding:
             cycles += [_span_ref(s) for s in _cycles(by_id)]
     for found in (orphans, extra_roots, dup_ids, cycles, outside):
         found.sort(key=itemgetter("trace_id"))  # stable: in-trace order kept
-    observed = {"traces": len(traces), "spans": n_spans, "orphans": len(orphans),
+    observed = {"traces": len(exported), "spans": n_spans, "orphans": len(orphans),
                 "cycles": len(cycles), "extra_roots": len(extra_roots),
                 "requests_with_several_server_roots": len(multi_root),
                 "duplicate_span_ids": len(dup_ids), "children_outside_parent_window": len(outside)}
@@ -172,5 +180,5 @@ def span_tree_integrity(ctx: CheckContext) -> Finding:
         return Finding.failed("; ".join(problems), observed, expected, **evidence)
     note = (f"; {len(outside)} child span(s) outside their parent's window (SHOULD)"
             if outside else "")
-    return Finding.passed(f"{len(traces)} traces, {n_spans} spans: no orphan, no cycle, one "
+    return Finding.passed(f"{len(exported)} traces, {n_spans} spans: no orphan, no cycle, one "
                           f"server root per request{note}", observed, expected, **evidence)
