@@ -380,14 +380,15 @@ class EvidenceWriter:
 # distinct value (agent.jsonl.SharedValues): (string or int fields, fields holding dicts of
 # strings, fields whose whole value repeats).
 _REPEATING: dict[str, tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]] = {
-    "KernelRequest": (("direction", "method", "target", "version", "tgid", "tid"), ("headers",),
-                      ("interim_statuses",)),
-    "Span": (("name", "kind", "status_code", "scope"), ("attributes",), ("resource", "events")),
+    "KernelRequest": (("conn", "direction", "method", "target", "version", "tgid", "tid"),
+                      ("headers",), ("interim_statuses",)),
+    "Span": (("name", "kind", "status_code", "scope"), ("attributes",),
+             ("attributes", "resource", "events")),
     "MetricPoint": (("name", "kind", "unit", "scope", "temporality"), ("attributes",),
-                    ("resource",)),
-    "LogRecord": (("source", "severity_text", "body"), ("attributes",), ("resource",)),
+                    ("attributes", "resource")),
+    "LogRecord": (("source", "severity_text", "body"), ("attributes",), ("attributes", "resource")),
     "DriverRecord": (("phase", "method", "path", "case", "error", "response_body"),
-                     ("request_headers", "response_headers"), ()),
+                     ("request_headers", "response_headers"), ("response_headers",)),
     "DownstreamRecord": (("method", "path", "body"), ("headers",), ()),
 }
 

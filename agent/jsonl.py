@@ -60,42 +60,77 @@ def _content_key(value: Any) -> tuple[Any, ...] | None:
     return None
 
 
+# A whole value is looked up while it repeats: a field whose values turn out mostly distinct
+# (attributes with a per-request value, say) stops being tried after WHOLE_TRIAL misses.
+WHOLE_TRIAL = 2048
+WHOLE_MAX = 1 << 14  # distinct whole values kept per field
+# Ints worth sharing: CPython already shares -5..256; ports and status codes fit below this.
+INT_MAX = 1 << 16
+
+
+class _Whole:
+    """Sharing state of one field whose whole value may repeat."""
+
+    __slots__ = ("name", "table", "hits", "misses", "active")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.table: dict[tuple[Any, ...], Any] = {}
+        self.hits = self.misses = 0
+        self.active = True
+
+
 class SharedValues:
     """One object per distinct value of the fields named at construction.
 
     ``top``: fields whose string or int value repeats across records; ``nested``: fields
-    holding a dict whose string values (or lists of strings, like header values) repeat;
-    ``whole``: fields whose whole value repeats (a resource, an empty list), shared when it
-    is a dict or list of plain scalars. Shared containers are never changed here, and the
-    records built from them are read-only by contract (see ``agent.evidence.load_evidence``).
+    holding a dict whose values (strings, ints below INT_MAX, lists of strings like header
+    values) repeat; ``whole``: fields whose whole value repeats (a resource, an empty list,
+    the attributes of every span of a route), shared when it is a dict or list of plain
+    scalars. A field may be in both: a whole value seen before needs no walk of its own.
+    Shared containers are never changed once shared, and the records built from them are
+    read-only by contract (see ``agent.evidence.load_evidence``).
     """
 
     def __init__(self, top: tuple[str, ...], nested: tuple[str, ...],
                  whole: tuple[str, ...] = ()) -> None:
         self.top = top
         self.nested = nested
-        self.whole = whole
+        self._whole = [_Whole(name) for name in whole]
         self._table: dict[Any, Any] = {}  # exact str and int values only (never bool)
         self._lists: dict[tuple[str, ...], list[str]] = {}  # strings → the shared list
-        self._wholes: dict[tuple[Any, ...], Any] = {}
 
     def share(self, records: list[dict[str, Any]]) -> None:
         shared = self._table.setdefault
         lists = self._lists
-        top, nested, whole = self.top, self.nested, self.whole
+        top, nested = self.top, self.nested
+        whole = [w for w in self._whole if w.active]
         for d in records:
             for name in top:
                 v = d.get(name)
                 if type(v) is str or type(v) is int:
                     d[name] = shared(v, v)
+            done = None  # a field both whole and nested that was found whole
+            for w in whole:
+                key = _content_key(d.get(w.name))
+                if key is None:
+                    continue
+                found = w.table.get(key)
+                if found is not None:
+                    d[w.name] = done = found
+                    w.hits += 1
+                else:  # kept as it is, its values shared below when it is nested too
+                    w.misses += 1
+                    if len(w.table) < WHOLE_MAX:
+                        w.table[key] = d[w.name]
             for name in nested:
                 inner = d.get(name)
-                if type(inner) is not dict:
+                if type(inner) is not dict or inner is done:
                     continue
                 for k, v in inner.items():  # replacing values only: the dict keeps its size
                     if k in UNIQUE_KEYS:
                         continue
-                    if type(v) is str:
+                    if type(v) is str or type(v) is int and 256 < v < INT_MAX:
                         inner[k] = shared(v, v)
                     elif type(v) is list:
                         if all(type(x) is str for x in v):
@@ -106,7 +141,6 @@ class SharedValues:
                             inner[k] = found
                         else:
                             inner[k] = [shared(x, x) if type(x) is str else x for x in v]
-            for name in whole:
-                v = d.get(name)
-                if (key := _content_key(v)) is not None:
-                    d[name] = self._wholes.setdefault(key, v)
+        for w in whole:
+            if w.misses > WHOLE_TRIAL and w.misses > w.hits:
+                w.active = False  # its values are mostly distinct: stop building keys
