@@ -95,7 +95,6 @@ class JoinedRequest:
     List fields nothing was joined to hold the shared read-only ``EMPTY``."""
 
     kernel: KernelRequest
-    traceparent: TraceParent | None  # the valid inbound traceparent, else None
     traceparent_values: list[str]  # raw header values as captured (several = duplicated)
     spans: list[Span] = field(default_factory=_none)  # SERVER spans joined to it
     # Further SERVER spans inside one of ``spans``' subtrees (double instrumentation, e.g.
@@ -107,14 +106,21 @@ class JoinedRequest:
     outbound: list[KernelRequest] = field(default_factory=_none)  # parent_request == this
 
     @property
+    def traceparent(self) -> TraceParent | None:
+        """The valid inbound traceparent, else None. Parsed on each call, not kept: only the
+        join needs it for every request, and a million of them took 350 MB."""
+        values = self.traceparent_values
+        return parse_traceparent(values[0]) if len(values) == 1 else None
+
+    @property
     def answered(self) -> bool:
         return self.kernel.status is not None and self.kernel.t_resp_last is not None
 
     @property
     def trace_id(self) -> str:
         """The inbound trace-id, else the trace-id of the joined span, else ""."""
-        if self.traceparent:
-            return self.traceparent.trace_id
+        if tp := self.traceparent:
+            return tp.trace_id
         return self.spans[0].trace_id if self.spans else ""
 
 
@@ -158,6 +164,10 @@ def join(evidence: Evidence) -> Joined:
     slop = BASE_SLOP_NS + uncertainty
     under_test: list[JoinedRequest] = []
     agent: list[JoinedRequest] = []
+    # (trace-id, parent-id) of each request's valid traceparent, else None, in the order of
+    # under_test and agent: the join's keys, dropped once joined (see JoinedRequest).
+    test_keys: list[tuple[str, str] | None] = []
+    agent_keys: list[tuple[str, str] | None] = []
     client_reqs: list[KernelRequest] = []
     for k in sorted(evidence.kernel, key=attrgetter("t_req_first")):
         if k.direction != "server":
@@ -167,14 +177,17 @@ def join(evidence: Evidence) -> Joined:
         values = headers.get("traceparent", EMPTY)
         tp = parse_traceparent(values[0]) if len(values) == 1 else None
         # The captured list itself, not a copy: evidence is read-only once loaded.
-        jr = JoinedRequest(k, tp, values if isinstance(values, list) else list(values),
+        jr = JoinedRequest(k, values if isinstance(values, list) else list(values),
                            EMPTY, EMPTY, "", None, EMPTY, EMPTY)
         ua = headers.get("user-agent")  # is_agent_request, inlined: a million calls
-        (agent if ua and (ua[0] or "").startswith(AGENT_USER_AGENT) else under_test).append(jr)
+        is_agent = ua and (ua[0] or "").startswith(AGENT_USER_AGENT)
+        (agent if is_agent else under_test).append(jr)
+        (agent_keys if is_agent else test_keys).append(
+            (tp.trace_id, tp.parent_id) if tp else None)
 
     index = index_spans(evidence.spans)
     server_spans = [s for s in evidence.spans if s.kind == "SERVER"]
-    pool = _join_by_traceparent(under_test + agent, server_spans)
+    pool = _join_by_traceparent(under_test + agent, test_keys + agent_keys, server_spans)
     # Exact kernel windows first, the slop after: otherwise a request without a span (not
     # sampled, lost) takes the span of the request that arrived just after its response.
     heuristic = 0
@@ -188,7 +201,7 @@ def join(evidence: Evidence) -> Joined:
     unjoined = _attach_nested(under_test + agent, evidence.spans,
                               [s for s in server_spans if id(s) in pool]) if pool else []
 
-    unmatched_driver = _join_driver(under_test, evidence.driver, slop)
+    unmatched_driver = _join_driver(under_test, test_keys, evidence.driver, slop)
     unattributed = []
     if client_reqs:
         by_id = {r.kernel.id: r for r in under_test}
@@ -212,14 +225,15 @@ def join(evidence: Evidence) -> Joined:
     )
 
 
-def _join_by_traceparent(requests: list[JoinedRequest], spans: list[Span]) -> dict[int, Span]:
-    """Attach spans keyed by (inbound trace-id, parent-id); return the unjoined span pool
-    (grouped by key in order of first appearance, each group in export order)."""
+def _join_by_traceparent(requests: list[JoinedRequest], keys: list[tuple[str, str] | None],
+                         spans: list[Span]) -> dict[int, Span]:
+    """Attach spans keyed by (inbound trace-id, parent-id) (``keys``, one per request);
+    return the unjoined span pool (grouped by key in order of first appearance, each group
+    in export order)."""
     # Key → its request, or the list of them when a resent header shares the key.
     reqs_by_key: dict[tuple[str, str], Any] = {}
-    for r in requests:
-        if r.traceparent:
-            key = (r.traceparent.trace_id, r.traceparent.parent_id)
+    for r, key in zip(requests, keys):
+        if key is not None:
             prev = reqs_by_key.setdefault(key, r)
             if prev is not r:
                 if type(prev) is list:
@@ -326,9 +340,10 @@ def _nearest_in_window(groups: list[list[Span]], pool: dict[int, Span], lo: int,
     return best
 
 
-def _join_driver(requests: list[JoinedRequest], driver: list[DriverRecord],
-                 slop: int) -> list[DriverRecord]:
-    """Attach driver records by traceparent, else by method, path and send time."""
+def _join_driver(requests: list[JoinedRequest], keys: list[tuple[str, str] | None],
+                 driver: list[DriverRecord], slop: int) -> list[DriverRecord]:
+    """Attach driver records by traceparent (``keys``, one per request), else by method,
+    path and send time."""
     # Key → its record, or the list of them when several were sent with one traceparent.
     by_key: dict[tuple[str, str], Any] = {}
     rest: list[DriverRecord] = []
@@ -344,14 +359,13 @@ def _join_driver(requests: list[JoinedRequest], driver: list[DriverRecord],
             else:
                 by_key[key] = [prev, d]
     pending: list[JoinedRequest] = []
-    for r in requests:
-        tp = r.traceparent
-        group = by_key.get((tp.trace_id, tp.parent_id)) if tp else None
+    for r, key in zip(requests, keys):
+        group = by_key.get(key) if key is not None else None
         if not group:  # none sent with it, or all taken
             pending.append(r)
         elif type(group) is not list:
             r.driver = group
-            by_key[(tp.trace_id, tp.parent_id)] = []  # taken; its place in the order kept
+            by_key[key] = []  # taken; its place in the order kept
         else:
             d = min(group, key=lambda d: abs(d.t_send_ns - r.kernel.t_req_first))
             group.remove(d)
