@@ -125,6 +125,9 @@ def _common_run_options(f):
 @click.option("--otlp-listen", envvar="OBSCONFORM_OTLP_LISTEN", show_default=False,
               help="HOST:PORT of the OTLP/HTTP receiver the SUT exports to "
                    "[default: 127.0.0.1:4318; a free port with --exec].")
+@click.option("--otlp-grpc-listen", envvar="OBSCONFORM_OTLP_GRPC_LISTEN", show_default=False,
+              help="Also receive OTLP/gRPC on HOST:PORT (e.g. 127.0.0.1:4317); an --exec SUT then "
+                   "exports over gRPC [default: off].")
 @click.option("--sink-listen", envvar="OBSCONFORM_SINK_LISTEN", show_default=False,
               help="HOST:PORT of the downstream sink the SUT's fan-out routes call [default: a free port].")
 @click.option("--html", type=click.Path(path_type=Path), default=None, help="Also write a self-contained HTML report.")
@@ -134,7 +137,7 @@ def _common_run_options(f):
               help="File holding the remote agent's bearer token (with --agent).")
 @_common_run_options
 def run(exec_cmd, pid, target_port, cgroup, ringbuf_pages, max_connections, url, metrics_url, paths,
-        scenario_file, catalog, profile, no_ebpf, otlp_listen, sink_listen, html, agent_url, token_file, requests, concurrency, out_dir,
+        scenario_file, catalog, profile, no_ebpf, otlp_listen, otlp_grpc_listen, sink_listen, html, agent_url, token_file, requests, concurrency, out_dir,
         junit, capture_bytes, checks) -> None:
     """Run the conformance checks against a service; exit 0 compliant, 2 non-compliant, 3 inconclusive."""
     from agent.runner import RunConfig, run as do_run
@@ -145,7 +148,7 @@ def run(exec_cmd, pid, target_port, cgroup, ringbuf_pages, max_connections, url,
                     requests=requests, concurrency=concurrency, out_dir=out_dir, junit=junit,
                     capture_bytes=capture_bytes, no_ebpf=no_ebpf, checks=list(checks) or None,
                     scenario_file=scenario_file, catalog=catalog, profile=profile,
-                    otlp_listen=otlp_listen, sink_listen=sink_listen)
+                    otlp_listen=otlp_listen, otlp_grpc_listen=otlp_grpc_listen, sink_listen=sink_listen)
     if agent_url:
         from agent.remote import run_from_cli
 
@@ -161,7 +164,8 @@ def run(exec_cmd, pid, target_port, cgroup, ringbuf_pages, max_connections, url,
                              ringbuf_pages=ringbuf_pages, max_connections=max_connections,
                              url=url, metrics_url=metrics_url,
                              paths=None if scenario else list(paths), scenario=scenario,
-                             no_ebpf=no_ebpf, otlp_listen=otlp_listen, sink_listen=sink_listen,
+                             no_ebpf=no_ebpf, otlp_listen=otlp_listen, otlp_grpc_listen=otlp_grpc_listen,
+                             sink_listen=sink_listen,
                              requests=requests, concurrency=concurrency,
                              capture_bytes=capture_bytes, checks=list(checks)), html)
     _finish(do_run(cfg, progress=_progress), html)

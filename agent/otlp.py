@@ -1,4 +1,7 @@
-"""OTLP/HTTP receiver: /v1/traces, /v1/metrics, /v1/logs (protobuf or JSON, gzip) → evidence."""
+"""OTLP/HTTP receiver: /v1/traces, /v1/metrics, /v1/logs (protobuf or JSON, gzip) → evidence.
+
+``OtlpReceiver.export`` is the one intake path: the OTLP/gRPC front end (agent.otlp_grpc)
+hands its messages to it too, so both transports share records, files, counts and settling."""
 
 from __future__ import annotations
 
@@ -23,10 +26,18 @@ PROTOBUF_TYPES = ("application/x-protobuf", "application/protobuf")
 JSON_TYPE = "application/json"
 # google.rpc.Code values used in the error Status body the OTLP spec asks for.
 _RPC_CODE = {400: 3, 404: 5, 405: 12, 413: 8, 415: 3, 500: 13}
+HTTP, GRPC = "http", "grpc"  # transports, as named in transports()
+_TALLIES = ("requests", "errors", "spans", "metrics", "logs")
+
+
+class ExportFailed(RuntimeError):
+    """An export the receiver could not decode or store through its own fault (a bug, a full disk)."""
 
 
 class OtlpReceiver:
-    """Receives OTLP/HTTP exports, keeps the flattened records and appends them to the run.
+    """Receives OTLP exports, keeps the flattened records and appends them to the run.
+
+    It serves OTLP/HTTP itself; an ``OtlpGrpcReceiver`` (agent.otlp_grpc) feeds it OTLP/gRPC.
 
     ``endpoint`` is a base URL: give it to a service as ``OTEL_EXPORTER_OTLP_ENDPOINT`` and
     its exporters post to ``{endpoint}/v1/traces`` etc.
@@ -51,6 +62,7 @@ class OtlpReceiver:
         self._cond = threading.Condition()
         self._last_arrival = time.monotonic()
         self._logged: set[str] = set()
+        self._by_transport: dict[str, dict[str, int]] = {}
         self._server = BackgroundServer(_OtlpHandler, self, host, port, "otlp-receiver")
 
     def start(self) -> OtlpReceiver:
@@ -84,6 +96,39 @@ class OtlpReceiver:
                 "errors": self._errors,
             }
 
+    def transports(self, *always: str) -> dict[str, dict[str, int]]:
+        """Requests, errors and records per transport (``http``, ``grpc``) that got an export,
+        and per transport named in ``always`` even if none came (all zero then)."""
+        with self._cond:
+            out = {t: dict.fromkeys(_TALLIES, 0) for t in always}
+            out.update((t, dict(tally)) for t, tally in self._by_transport.items())
+            return out
+
+    def export(self, signal: str, body: bytes, *, is_json: bool = False, received_ns: int = 0,
+               transport: str = HTTP) -> None:
+        """Decode one export request body, keep and write its records, and count it.
+
+        Raises ``OtlpDecodeError`` for a body that is no valid export (the sender's fault) or
+        ``ExportFailed`` (ours); either is counted as an error and logged once per kind.
+        """
+        try:
+            records = dec.decode(signal, body, is_json, received_ns)
+        except dec.OtlpDecodeError as e:
+            self._note(f"{transport}-invalid", "OTLP receiver (%s): refused a %s export: %s", transport, signal, e)
+            self._arrived(transport, ok=False)
+            raise
+        except Exception as e:  # noqa: BLE001 - a decoder bug must cost one export, not the receiver
+            self._note("decode", "OTLP receiver: could not decode %s: %r", signal, e)
+            self._arrived(transport, ok=False)
+            raise ExportFailed(f"could not decode {signal}: {e!r}") from e
+        try:
+            self._ingest(signal, records)
+        except Exception as e:  # noqa: BLE001 - the receiver must outlive any bad export
+            self._note("ingest", "OTLP receiver: could not store %s: %s", signal, e)
+            self._arrived(transport, ok=False)
+            raise ExportFailed(f"could not store {signal}: {e}") from e
+        self._arrived(transport, ok=True, store=_STORE[signal], records=len(records))
+
     def wait_quiet(self, quiet_s: float, timeout_s: float) -> bool:
         """Block until no export arrived for ``quiet_s``, at most ``timeout_s``; True if it went quiet.
 
@@ -106,11 +151,18 @@ class OtlpReceiver:
 
     # Called from handler threads.
 
-    def _arrived(self, ok: bool) -> None:
+    def _arrived(self, transport: str, ok: bool, store: str = "", records: int = 0) -> None:
         with self._cond:
             self._requests += 1
+            tally = self._by_transport.get(transport)
+            if tally is None:
+                tally = self._by_transport[transport] = dict.fromkeys(_TALLIES, 0)
+            tally["requests"] += 1
             if not ok:
                 self._errors += 1
+                tally["errors"] += 1
+            if store:
+                tally[store] += records
             self._last_arrival = time.monotonic()
             self._cond.notify_all()
 
@@ -147,30 +199,22 @@ class _OtlpHandler(QuietHandler):
                 raise BodyError(415, f"unsupported Content-Type {ctype!r} (application/x-protobuf or application/json)")
             body = read_body(self, owner.max_body_bytes)
             body = decode_content(body, self.headers.get("Content-Encoding") or "", owner.max_body_bytes)
-            records = dec.decode(signal, body, is_json, received_ns)
-        except (BodyError, dec.OtlpDecodeError) as e:
-            status = e.status if isinstance(e, BodyError) else 400
-            owner._note(f"{status}", "OTLP receiver: %s %s answered %d: %s", self.command, path, status, e)
-            self._fail(owner, status, str(e), is_json)
-            return
-        except Exception as e:  # noqa: BLE001 - a decoder bug must cost one export, not the receiver
-            owner._note("decode", "OTLP receiver: could not decode %s: %r", signal, e)
-            self._fail(owner, 500, f"could not decode {signal}: {e!r}", is_json)
+        except BodyError as e:
+            owner._note(f"{e.status}", "OTLP receiver: %s %s answered %d: %s", self.command, path, e.status, e)
+            owner._arrived(HTTP, ok=False)
+            self._fail(e.status, str(e), is_json)
             return
         try:
-            owner._ingest(signal, records)
-        except Exception as e:  # noqa: BLE001 - the receiver must outlive any bad export
-            owner._note("ingest", "OTLP receiver: could not store %s: %s", signal, e)
-            self._fail(owner, 500, f"could not store {signal}: {e}", is_json)
+            owner.export(signal, body, is_json=is_json, received_ns=received_ns)
+        except (dec.OtlpDecodeError, ExportFailed) as e:  # counted and logged by export()
+            self._fail(400 if isinstance(e, dec.OtlpDecodeError) else 500, str(e), is_json)
             return
-        owner._arrived(ok=True)
         self.reply(200, dec.response_body(signal, is_json), JSON_TYPE if is_json else PROTOBUF_TYPES[0])
 
-    def _fail(self, owner: OtlpReceiver, status: int, message: str, is_json: bool) -> None:
-        """Answer an error with a google.rpc.Status body in the request's encoding; count it."""
+    def _fail(self, status: int, message: str, is_json: bool) -> None:
+        """Answer an error with a google.rpc.Status body in the request's encoding."""
         # The body may be unread (or half read): never reuse this connection.
         self.close_connection = True
-        owner._arrived(ok=False)
         code = _RPC_CODE.get(status, 2)
         if is_json:
             body = json.dumps({"code": code, "message": message}).encode()
@@ -192,7 +236,8 @@ class _OtlpHandler(QuietHandler):
         owner: OtlpReceiver = self.server.owner  # type: ignore[attr-defined]
         path = self.path.split("?", 1)[0]
         status = 405 if path in ROUTES else 404
-        self._fail(owner, status, f"{self.command} {path}: OTLP/HTTP takes POST on /v1/traces|metrics|logs", False)
+        owner._arrived(HTTP, ok=False)
+        self._fail(status, f"{self.command} {path}: OTLP/HTTP takes POST on /v1/traces|metrics|logs", False)
 
 
 def _rpc_status(code: int, message: str) -> bytes:

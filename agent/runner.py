@@ -60,6 +60,7 @@ class RunConfig:
     catalog: Path | None = None  # --catalog: overrides the scenario's catalogue
     profile: str = DEFAULT_PROFILE
     otlp_listen: str | None = None  # --otlp-listen HOST:PORT (default: see otlp_address)
+    otlp_grpc_listen: str | None = None  # --otlp-grpc-listen HOST:PORT: an OTLP/gRPC receiver too
     sink_listen: str | None = None  # --sink-listen HOST:PORT (default: a free loopback port)
 
     def validate(self) -> None:
@@ -81,6 +82,7 @@ class RunConfig:
         if self.profile not in PROFILES:
             raise InputError(f"--profile {self.profile!r} is not supported; supported: {', '.join(PROFILES)}")
         self.otlp_address()
+        self.otlp_grpc_address()
         self.sink_address()
         self.validate_checks()
         given = [n for n, v in (("--scenario", self.scenario_file), ("an inline scenario", self.scenario),
@@ -105,6 +107,12 @@ class RunConfig:
         """The receiver's (host, port): --otlp-listen, else 4318 for a running SUT, a free port for --exec."""
         default = ANY_LOOPBACK_PORT if self.exec_cmd else DEFAULT_OTLP_LISTEN
         return parse_listen(self.otlp_listen or default, "--otlp-listen", DEFAULT_OTLP_LISTEN)
+
+    def otlp_grpc_address(self) -> tuple[str, int] | None:
+        """The OTLP/gRPC receiver's (host, port), None unless --otlp-grpc-listen is given."""
+        if not self.otlp_grpc_listen:
+            return None
+        return parse_listen(self.otlp_grpc_listen, "--otlp-grpc-listen", "127.0.0.1:4317")
 
     def sink_address(self) -> tuple[str, int]:
         return parse_listen(self.sink_listen or ANY_LOOPBACK_PORT, "--sink-listen", "127.0.0.1:8099")
@@ -235,6 +243,20 @@ def _listen(server, option: str, addr: tuple[str, int], points: str) -> None:
                          f"{option} another HOST:PORT ({points} must point there)") from e
 
 
+def _start_grpc_receiver(cfg: RunConfig, meta: RunMeta, receiver, stack: contextlib.ExitStack):
+    """With --otlp-grpc-listen, an OTLP/gRPC front end feeding ``receiver``; else None."""
+    addr = cfg.otlp_grpc_address()
+    if addr is None:
+        return None
+    from agent.otlp_grpc import OtlpGrpcReceiver
+
+    grpc_receiver = OtlpGrpcReceiver(receiver, *addr)
+    _listen(grpc_receiver, "--otlp-grpc-listen", addr, "the SUT's OTEL_EXPORTER_OTLP_ENDPOINT (protocol grpc)")
+    stack.callback(grpc_receiver.stop)
+    meta.target["otlp_grpc_endpoint"] = grpc_receiver.endpoint
+    return grpc_receiver
+
+
 def _collect(cfg: RunConfig, meta: RunMeta, writer: EvidenceWriter, stack: contextlib.ExitStack,
              progress: Progress, metrics_url: str | None) -> None:
     from agent.downstream import DownstreamSink
@@ -252,11 +274,15 @@ def _collect(cfg: RunConfig, meta: RunMeta, writer: EvidenceWriter, stack: conte
     receiver = OtlpReceiver(writer, *cfg.otlp_address())
     _listen(receiver, "--otlp-listen", cfg.otlp_address(), "the SUT's OTEL_EXPORTER_OTLP_ENDPOINT")
     stack.callback(receiver.stop)
+    grpc_receiver = _start_grpc_receiver(cfg, meta, receiver, stack)
+    # An --exec SUT exports over gRPC when that receiver is on (SPEC §7), else OTLP/HTTP.
+    sut_otlp = (grpc_receiver.endpoint, "grpc") if grpc_receiver else (receiver.endpoint, "http/protobuf")
     sink = DownstreamSink(writer, *cfg.sink_address())
     _listen(sink, "--sink-listen", cfg.sink_address(), "the SUT's downstream URL")
     stack.callback(sink.stop)
     meta.target.update({"otlp_endpoint": receiver.endpoint, "downstream_url": sink.url})
-    progress(f"OTLP receiver at {receiver.endpoint}; downstream sink at {sink.url}")
+    progress(f"OTLP receiver at {receiver.endpoint}; downstream sink at {sink.url}"
+             + (f"; OTLP/gRPC receiver at {grpc_receiver.endpoint}" if grpc_receiver else ""))
 
     collector = _start_probes(cfg, meta, writer, stack, progress)
 
@@ -268,7 +294,7 @@ def _collect(cfg: RunConfig, meta: RunMeta, writer: EvidenceWriter, stack: conte
             if rec is not None:
                 writer.logs([rec])
 
-        env = otel_environment(dict(os.environ), receiver.endpoint, sink.url)
+        env = otel_environment(dict(os.environ), sut_otlp[0], sink.url, protocol=sut_otlp[1])
         export_delay_s = span_export_delay_s(env)
         sut = LaunchedSut(cfg.exec_cmd, env, writer.run_dir / "sut.log", on_line=on_line)
         stack.callback(sut.stop)
@@ -325,7 +351,8 @@ def _collect(cfg: RunConfig, meta: RunMeta, writer: EvidenceWriter, stack: conte
         # A graceful stop makes batch exporters flush what they still hold.
         meta.extra["sut_exit_code"] = sut.stop()
         quiet = receiver.wait_quiet(cfg.settle_quiet_s, cfg.settle_timeout_s) and quiet
-    meta.settle = {"waited_s": round(time.monotonic() - t0, 3), "quiet": quiet, **receiver.counts()}
+    meta.settle = {"waited_s": round(time.monotonic() - t0, 3), "quiet": quiet, **receiver.counts(),
+                   "receivers": receiver.transports("http", *(["grpc"] if grpc_receiver else []))}
     if not quiet:
         meta.notes.append("telemetry was still arriving when the settle phase timed out")
 

@@ -47,22 +47,25 @@ def tcp_open(host: str, port: int, timeout_s: float = 0.5) -> bool:
         return False
 
 
-def otel_environment(base: dict[str, str], otlp_endpoint: str, downstream_url: str) -> dict[str, str]:
-    """The caller's environment with the standard OTel variables pointed at our receiver."""
+def otel_environment(base: dict[str, str], otlp_endpoint: str, downstream_url: str,
+                     protocol: str = "http/protobuf") -> dict[str, str]:
+    """The caller's environment with the standard OTel variables pointed at our receiver
+    (``protocol`` "grpc" when the endpoint is the OTLP/gRPC receiver)."""
     env = dict(base)
     env.update(
         {
             "OTEL_EXPORTER_OTLP_ENDPOINT": otlp_endpoint,
-            "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+            "OTEL_EXPORTER_OTLP_PROTOCOL": protocol,
             "OTEL_TRACES_EXPORTER": "otlp",
             "OTEL_METRICS_EXPORTER": "otlp",
             "OTEL_LOGS_EXPORTER": "otlp",
             "OBSCONFORM_DOWNSTREAM_URL": downstream_url,
         }
     )
-    # Signal-specific endpoints in the caller's env would send telemetry elsewhere.
+    # Signal-specific endpoints or protocols in the caller's env would send telemetry elsewhere.
     for signal_name in ("TRACES", "METRICS", "LOGS"):
         env.pop(f"OTEL_EXPORTER_OTLP_{signal_name}_ENDPOINT", None)
+        env.pop(f"OTEL_EXPORTER_OTLP_{signal_name}_PROTOCOL", None)
     env.setdefault("OTEL_SERVICE_NAME", "sut")
     env.setdefault("OTEL_BSP_SCHEDULE_DELAY", str(EXEC_BSP_SCHEDULE_DELAY_MS))
     return env

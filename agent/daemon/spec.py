@@ -56,7 +56,7 @@ def validate(spec: Any, *, allow_exec: bool) -> dict:
     for field in ("out", "junit"):
         if field in spec:
             _check_relative(field, spec[field])
-    for field in ("otlp_listen", "sink_listen"):
+    for field in ("otlp_listen", "otlp_grpc_listen", "sink_listen"):
         if field in spec:
             _field_ok(field, parse_listen, spec[field], f"\"{field}\":")
     if "scenario" in spec:  # a malformed scenario is refused now, not after the queue

@@ -1,4 +1,4 @@
-"""Per-worker OpenTelemetry tracing set-up (OTLP/HTTP, batching) and the span-dropping fault."""
+"""Per-worker OpenTelemetry tracing set-up (OTLP/HTTP or gRPC, batching) and the span-dropping fault."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ DEFAULT_SERVICE_NAME = "refservice"
 # The SDK's own default (5 s) makes a short test run wait for its spans; a service under
 # test wants them out quickly. Used only when OTEL_BSP_SCHEDULE_DELAY is not set.
 DEFAULT_BSP_SCHEDULE_DELAY_MS = 200
-SUPPORTED_PROTOCOL = "http/protobuf"
+SUPPORTED_PROTOCOLS = ("http/protobuf", "grpc")
 
 log = logging.getLogger(LOGGER_NAME)
 
@@ -113,13 +113,16 @@ def _exporter():
     protocol = os.environ.get(
         "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL", "")
     ).strip()
-    if protocol and protocol != SUPPORTED_PROTOCOL:
+    if protocol and protocol not in SUPPORTED_PROTOCOLS:
         log.warning(
             "OTLP protocol not supported, using http/protobuf",
             extra={"fields": {"requested": protocol}},
         )
-    # Imported here: the exporter pulls in requests/protobuf, needed only in workers.
-    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    # Imported here: the exporters pull in requests/grpc/protobuf, needed only in workers.
+    if protocol == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+    else:
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
     return OTLPSpanExporter()  # endpoint, headers, timeout, compression: OTEL_EXPORTER_OTLP_*
 
