@@ -181,9 +181,17 @@ def _mark_overlaps(reqs: list[RequestView]) -> None:
     """Flag requests sent while another of the same method and path was in flight
     (``reqs`` in send order)."""
     groups: dict[tuple[str, str], list[RequestView]] = defaultdict(list)
+    # method → target as sent → its group: targets repeat, each is normalised once
+    group_of: dict[str, dict[str, list[RequestView]]] = {}
     for r in reqs:
         d = r.driver
-        groups[(d.method.upper(), d.path.split("?", 1)[0])].append(r)
+        targets = group_of.get(d.method)
+        if targets is None:
+            targets = group_of[d.method] = {}
+        group = targets.get(d.path)
+        if group is None:
+            group = targets[d.path] = groups[(d.method.upper(), d.path.split("?", 1)[0])]
+        group.append(r)
     for group in groups.values():  # in send order already: ``reqs`` is
         reach, holder = None, None  # the latest receive time so far, and whose it is
         for r in group:

@@ -62,21 +62,37 @@ def _holds(index: dict[str, Any], key: str, value: str) -> bool:
     return found == value or type(found) is list and value in found
 
 
+def _sent_values(view: Any) -> dict[str, Any]:
+    """Trace → the traceparent values sent by the requests whose server spans are in it."""
+    sent_values: dict[str, Any] = {}
+    for r in view.requests:
+        # A server span parented to what the request carried (even an invalid value the
+        # SUT wrongly accepted: TC-003's business) has a remote parent, not a lost one.
+        if sent := r.driver.request_headers.get("traceparent", ""):
+            for s in r.spans:
+                _add(sent_values, s.trace_id, sent)
+    return sent_values
+
+
 @check("TC-005")
 def span_tree_integrity(ctx: CheckContext) -> Finding:
     view = view_of(ctx)
     sent_parents: dict[str, Any] = {}  # trace → parent-id(s) the driver sent (see _add)
     # trace → traceparent values its server spans' requests carried: their hex windows join
-    # the remote parents only when a span of the trace has a parent outside it (rarely).
-    sent_values: dict[str, Any] = {}
+    # the remote parents only when a span of the trace has a parent outside it (rarely, so
+    # this index is built at the first such span).
+    sent_values: dict[str, Any] | None = None
     widened: dict[str, set[str]] = {}  # trace → its remote parents, hex windows included
 
     def is_remote(trace: str, parent: str) -> bool:
+        nonlocal sent_values
         remote = widened.get(trace)
         if remote is not None:
             return parent in remote
         if _holds(sent_parents, trace, parent):
             return True
+        if sent_values is None:
+            sent_values = _sent_values(view)
         remote = widened[trace] = set(_values(sent_parents, trace))
         for value in _values(sent_values, trace):
             remote |= hex_windows(value, 16)
@@ -92,14 +108,9 @@ def span_tree_integrity(ctx: CheckContext) -> Finding:
         if d.trace_id:
             traces[d.trace_id] = None
             _add(sent_parents, d.trace_id, d.parent_id)
-        sent = d.request_headers.get("traceparent", "")
         for s in r.spans:
             traces[s.trace_id] = None
             owned.add(id(s))
-            # A server span parented to what the request carried (even an invalid value
-            # the SUT wrongly accepted: TC-003's business) has a remote parent, not a lost one.
-            if sent:
-                _add(sent_values, s.trace_id, sent)
     by_trace = view.spans_by_trace
     exported = [t for t in traces if by_trace.get(t)]
     expected = {"orphans": 0, "cycles": 0, "server_roots_per_request": 1,
