@@ -99,10 +99,12 @@ class SharedValues:
         self._whole = [_Whole(name) for name in whole]
         self._table: dict[Any, Any] = {}  # exact str and int values only (never bool)
         self._lists: dict[tuple[str, ...], list[str]] = {}  # strings → the shared list
+        self._singles: dict[str, list[str]] = {}  # the same for lists of one string
+        self._empty: dict[type, Any] = {list: [], dict: {}}  # one empty list and dict
 
     def share(self, records: list[dict[str, Any]]) -> None:
         shared = self._table.setdefault
-        lists = self._lists
+        lists, singles, empty = self._lists, self._singles, self._empty
         top, nested = self.top, self.nested
         whole = [w for w in self._whole if w.active]
         for d in records:
@@ -112,7 +114,11 @@ class SharedValues:
                     d[name] = shared(v, v)
             done = None  # a field both whole and nested that was found whole
             for w in whole:
-                key = _content_key(d.get(w.name))
+                v = d.get(w.name)
+                if not v and (type(v) is list or type(v) is dict):  # no key needed
+                    d[w.name] = empty[type(v)]
+                    continue
+                key = _content_key(v)
                 if key is None:
                     continue
                 found = w.table.get(key)
@@ -133,7 +139,13 @@ class SharedValues:
                     if type(v) is str or type(v) is int and 256 < v < INT_MAX:
                         inner[k] = shared(v, v)
                     elif type(v) is list:
-                        if all(type(x) is str for x in v):
+                        if len(v) == 1 and type(v[0]) is str:  # most header values
+                            found = singles.get(v[0])
+                            if found is None:
+                                x = shared(v[0], v[0])
+                                found = singles[x] = [x]
+                            inner[k] = found
+                        elif all(type(x) is str for x in v):
                             key = tuple(v)
                             found = lists.get(key)
                             if found is None:
