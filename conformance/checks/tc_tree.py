@@ -74,21 +74,34 @@ def _sent_values(view: Any) -> dict[str, Any]:
     return sent_values
 
 
+def _sent_parents(view: Any) -> dict[str, Any]:
+    """Trace → the parent-id(s) the driver sent with it (see _add)."""
+    sent_parents: dict[str, Any] = {}
+    for r in view.requests:
+        if r.driver.trace_id:
+            _add(sent_parents, r.driver.trace_id, r.driver.parent_id)
+    return sent_parents
+
+
 @check("TC-005")
 def span_tree_integrity(ctx: CheckContext) -> Finding:
     view = view_of(ctx)
-    sent_parents: dict[str, Any] = {}  # trace → parent-id(s) the driver sent (see _add)
+    # Indexes of every request, built at their first use: a conformant run never needs
+    # them, as each server span's parent is what its own request sent.
+    sent_parents: dict[str, Any] | None = None  # trace → parent-id(s) the driver sent
     # trace → traceparent values its server spans' requests carried: their hex windows join
-    # the remote parents only when a span of the trace has a parent outside it (rarely, so
-    # this index is built at the first such span).
+    # the remote parents only when a span of the trace has a parent outside it.
     sent_values: dict[str, Any] | None = None
     widened: dict[str, set[str]] = {}  # trace → its remote parents, hex windows included
+    owned: set[int] | None = None  # ids of the requests' server spans
 
     def is_remote(trace: str, parent: str) -> bool:
-        nonlocal sent_values
+        nonlocal sent_parents, sent_values
         remote = widened.get(trace)
         if remote is not None:
             return parent in remote
+        if sent_parents is None:
+            sent_parents = _sent_parents(view)
         if _holds(sent_parents, trace, parent):
             return True
         if sent_values is None:
@@ -98,69 +111,74 @@ def span_tree_integrity(ctx: CheckContext) -> Finding:
             remote |= hex_windows(value, 16)
         return parent in remote
 
-    owned: set[int] = set()  # ids of the requests' server spans
-    # The traces in order of first appearance, not in a set's hash order: walked in the
-    # order they were read, a million traces' spans are found in memory order, which at
-    # that size (far beyond the CPU caches) took half the time.
-    traces: dict[str, None] = {}
-    for r in view.requests:
-        d = r.driver
-        if d.trace_id:
-            traces[d.trace_id] = None
-            _add(sent_parents, d.trace_id, d.parent_id)
-        for s in r.spans:
-            traces[s.trace_id] = None
-            owned.add(id(s))
+    def is_owned(s: Span) -> bool:
+        nonlocal owned
+        if owned is None:
+            owned = {id(x) for r in view.requests for x in r.spans}
+        return id(s) in owned
+
     by_trace = view.spans_by_trace
-    exported = [t for t in traces if by_trace.get(t)]
     expected = {"orphans": 0, "cycles": 0, "server_roots_per_request": 1,
                 "extra_roots": 0, "duplicate_span_ids": 0}
-    if not exported:
-        return Finding.inconclusive("no span was exported for any trace the driver's requests "
-                                    "started", {"traces": 0}, expected)
     orphans, extra_roots, dup_ids, cycles, outside = [], [], [], [], []
     multi_root = [r for r in view.requests if len(r.spans) > 1]
-    n_spans = 0
-    # Traces in reading order (sorting a million trace-ids cost more than judging them); the
-    # findings are put in trace-id order below, as if the traces had been sorted.
-    for t in exported:
-        spans = by_trace[t]
-        n_spans += len(spans)
-        if len(spans) == 1:  # the usual trace: its server span alone, judged without indexes
-            s = spans[0]
-            parent = s.parent_span_id
-            if parent and parent == s.span_id:  # its own parent: a cycle of one
-                cycles.append(_span_ref(s))
-            elif parent and not is_remote(t, parent):
-                orphans.append(_span_ref(s))
-            elif id(s) not in owned:  # a root that is no request's server span
-                extra_roots.append(_span_ref(s))
-            continue
-        by_id: dict[str, Span] = {}
-        for s in spans:
-            if s.span_id in by_id:
-                dup_ids.append(_span_ref(s))
-            by_id[s.span_id] = s
-        linked = False  # a parent chain inside the trace: only then can it loop
-        for s in spans:
-            parent = s.parent_span_id
-            if parent and parent in by_id:
-                linked = True
-                p = by_id[parent]
-                if (s.start_ns < p.start_ns - WINDOW_SLACK_NS
-                        or s.end_ns > p.end_ns + WINDOW_SLACK_NS):
-                    outside.append({**_span_ref(s), "parent_name": p.name,
-                                    "start_before_parent_us": (p.start_ns - s.start_ns) // 1000,
-                                    "end_after_parent_us": (s.end_ns - p.end_ns) // 1000})
-            elif parent and not is_remote(t, parent):
-                orphans.append(_span_ref(s))
-            elif id(s) not in owned:  # a root that is no request's server span
-                extra_roots.append(_span_ref(s))
-        if linked:
-            cycles += [_span_ref(s) for s in _cycles(by_id)]
+    n_spans = n_traces = 0
+    # Each trace a request started or its server spans are in, once, in the order the
+    # requests were sent: not in a set's hash order, which at a million traces (far beyond
+    # the CPU caches) touched every span at random and took twice the time. The findings
+    # are put in trace-id order below, as if the traces had been sorted.
+    seen: set[str] = set()
+    for r in view.requests:
+        d = r.driver
+        for t in ([d.trace_id] if d.trace_id else []) + [s.trace_id for s in r.spans]:
+            if t in seen:
+                continue
+            seen.add(t)
+            spans = by_trace.get(t)
+            if not spans:
+                continue
+            n_traces += 1
+            n_spans += len(spans)
+            if len(spans) == 1:  # the usual trace: its server span alone, no indexes needed
+                s = spans[0]
+                parent = s.parent_span_id
+                if parent and parent == s.span_id:  # its own parent: a cycle of one
+                    cycles.append(_span_ref(s))
+                elif parent and not (t == d.trace_id and parent == d.parent_id
+                                     or is_remote(t, parent)):
+                    orphans.append(_span_ref(s))
+                elif not (r.spans and r.spans[0] is s or any(x is s for x in r.spans)
+                          or is_owned(s)):
+                    extra_roots.append(_span_ref(s))  # a root that is no request's span
+                continue
+            by_id: dict[str, Span] = {}
+            for s in spans:
+                if s.span_id in by_id:
+                    dup_ids.append(_span_ref(s))
+                by_id[s.span_id] = s
+            linked = False  # a parent chain inside the trace: only then can it loop
+            for s in spans:
+                parent = s.parent_span_id
+                if parent and parent in by_id:
+                    linked = True
+                    p = by_id[parent]
+                    if (s.start_ns < p.start_ns - WINDOW_SLACK_NS
+                            or s.end_ns > p.end_ns + WINDOW_SLACK_NS):
+                        outside.append({**_span_ref(s), "parent_name": p.name,
+                                        "start_before_parent_us": (p.start_ns - s.start_ns) // 1000,
+                                        "end_after_parent_us": (s.end_ns - p.end_ns) // 1000})
+                elif parent and not is_remote(t, parent):
+                    orphans.append(_span_ref(s))
+                elif not is_owned(s):  # a root that is no request's server span
+                    extra_roots.append(_span_ref(s))
+            if linked:
+                cycles += [_span_ref(s) for s in _cycles(by_id)]
+    if not n_traces:
+        return Finding.inconclusive("no span was exported for any trace the driver's requests "
+                                    "started", {"traces": 0}, expected)
     for found in (orphans, extra_roots, dup_ids, cycles, outside):
         found.sort(key=itemgetter("trace_id"))  # stable: in-trace order kept
-    observed = {"traces": len(exported), "spans": n_spans, "orphans": len(orphans),
+    observed = {"traces": n_traces, "spans": n_spans, "orphans": len(orphans),
                 "cycles": len(cycles), "extra_roots": len(extra_roots),
                 "requests_with_several_server_roots": len(multi_root),
                 "duplicate_span_ids": len(dup_ids), "children_outside_parent_window": len(outside)}
@@ -191,5 +209,5 @@ def span_tree_integrity(ctx: CheckContext) -> Finding:
         return Finding.failed("; ".join(problems), observed, expected, **evidence)
     note = (f"; {len(outside)} child span(s) outside their parent's window (SHOULD)"
             if outside else "")
-    return Finding.passed(f"{len(exported)} traces, {n_spans} spans: no orphan, no cycle, one "
+    return Finding.passed(f"{n_traces} traces, {n_spans} spans: no orphan, no cycle, one "
                           f"server root per request{note}", observed, expected, **evidence)
