@@ -211,7 +211,7 @@ def join(evidence: Evidence) -> Joined:
                 unattributed.append(c)
             else:
                 parent.outbound = appended(parent.outbound, c)
-    _attach_client_spans(under_test, index.by_key)
+    _attach_client_spans(under_test, index)
 
     notes = []
     if heuristic:
@@ -391,17 +391,17 @@ def _join_driver(requests: list[JoinedRequest], keys: list[tuple[str, str] | Non
     return [d for group in by_route.values() for d in group]
 
 
-def _attach_client_spans(requests: list[JoinedRequest],
-                         by_key: dict[tuple[str, str], list[Span]]) -> None:
-    """CLIENT spans among the descendants of each request's server spans (``by_key``: the
-    spans by (trace-id, parent-span-id))."""
+def _attach_client_spans(requests: list[JoinedRequest], index: SpanIndex) -> None:
+    """CLIENT spans among the descendants of each request's server spans."""
+    by_trace, by_key = index.by_trace, index.by_key
     for r in requests:
         spans = r.spans
         if not spans:
             continue
-        if len(spans) == 1:  # the usual case: one server span, often without children
+        if len(spans) == 1:  # the usual case: one server span, often alone in its trace
             s = spans[0]
-            if not s.span_id or (s.trace_id, s.span_id) not in by_key:
+            if len(by_trace[s.trace_id]) == 1 or not s.span_id \
+                    or (s.trace_id, s.span_id) not in by_key:
                 continue
         found: list[Span] = []
         seen: set[tuple[str, str]] = set()

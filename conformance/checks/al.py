@@ -181,12 +181,25 @@ def _id_problem(family: str, name: str, value: str, run_ids: set[str]) -> str | 
     return None
 
 
+def _run_ids_among(ev: Any, values: set[str]) -> set[str]:
+    """The trace and span ids of this run (spans, traceparents sent) that are in ``values``:
+    a few hundred label values are looked up, not millions of ids put in a set."""
+    found = {i for s in ev.spans for i in (s.trace_id, s.span_id) if i in values}
+    found |= {i for d in ev.driver for i in (d.trace_id, d.parent_id) if i in values}
+    found.discard("")
+    return found
+
+
 @check("AL-004")
 def no_id_in_metric_labels(ctx: CheckContext) -> Finding:
     ev = ctx.evidence
-    run_ids = {s.trace_id for s in ev.spans} | {s.span_id for s in ev.spans}
-    run_ids |= {d.trace_id for d in ev.driver if d.trace_id} | {d.parent_id for d in ev.driver if d.parent_id}
-    run_ids.discard("")
+    scrapes = answered(ev)
+    labelled = [(f"scrape {s.seq} ({s.phase})", fam.name, sample.labels)
+                for s in scrapes for fam in parsed_scrape(ctx, s).families
+                for sample in fam.samples]
+    labelled += [("OTLP metrics", p.name, p.attributes) for p in ev.metrics]
+    run_ids = _run_ids_among(ev, {str(v).lower() for _, _, labels in labelled
+                                  for v in labels.values()})
     expected = {"labels": "no label name or value that is a trace or span id (exemplars are fine)"}
     offenders: dict[tuple[str, str], dict[str, Any]] = {}
     label_sets = 0
@@ -203,16 +216,9 @@ def no_id_in_metric_labels(ctx: CheckContext) -> Finding:
             if len(row["examples"]) < 3:
                 row["examples"].append(str(value))
 
-    scrapes = answered(ev)
-    for s in scrapes:
-        expo = parsed_scrape(ctx, s)
-        for fam in expo.families:
-            for sample in fam.samples:
-                label_sets += 1
-                judge(f"scrape {s.seq} ({s.phase})", fam.name, sample.labels)
-    for p in ev.metrics:
+    for where, family, labels in labelled:
         label_sets += 1
-        judge("OTLP metrics", p.name, p.attributes)
+        judge(where, family, labels)
     observed = {"label_sets": label_sets, "offending_labels": len(offenders)}
     if not scrapes and not ev.metrics:
         return Finding.skipped("no /metrics scrape and no OTLP metric: no label to check",
