@@ -23,69 +23,12 @@ from typing import Any
 from agent.evidence import AGENT_USER_AGENT, DriverRecord, Evidence, KernelRequest, Span
 from agent.tracecontext import TraceParent, parse_traceparent
 from conformance.httpsem import route_matches, span_method, span_path, span_route
+from conformance.index import EMPTY, SpanIndex, appended, empty, index_spans
 
 JOIN_TRACEPARENT = "traceparent"
 JOIN_HEURISTIC = "heuristic"
 # Time slack for overlap matching on top of the measured clock-conversion uncertainty.
 BASE_SLOP_NS = 1_000_000
-
-
-class _Empty(list):
-    """The one empty list shared by every join field nothing was joined to: a million
-    requests would otherwise hold millions of empty lists. Read-only, so a stray append
-    fails loudly instead of reaching every request; writers assign a new list (``appended``)."""
-
-    __slots__ = ()
-
-    def _refuse(self, *args: Any, **kwargs: Any) -> None:
-        raise TypeError("a shared empty join list: assign a new list instead")
-
-    append = extend = insert = remove = pop = clear = sort = reverse = _refuse
-    __setitem__ = __delitem__ = __iadd__ = __imul__ = _refuse
-
-
-EMPTY: list[Any] = _Empty()
-
-
-def _none() -> list[Any]:
-    return EMPTY
-
-
-def appended(items: list[Any], item: Any) -> list[Any]:
-    """``items`` with ``item`` appended: a new list in place of the shared EMPTY."""
-    if items is EMPTY:
-        return [item]
-    items.append(item)
-    return items
-
-
-@dataclass(slots=True)
-class SpanIndex:
-    """Every span by trace-id and by (trace-id, parent-span-id), in export order; built
-    once per evaluation and shared by the join, the driver view and the checks."""
-
-    by_trace: dict[str, list[Span]]
-    by_key: dict[tuple[str, str], list[Span]]
-
-
-def index_spans(spans: list[Span]) -> SpanIndex:
-    by_trace: dict[str, list[Span]] = {}
-    by_key: dict[tuple[str, str], list[Span]] = {}
-    trace_get, key_get = by_trace.get, by_key.get
-    for s in spans:
-        t = s.trace_id
-        group = trace_get(t)
-        if group is None:
-            by_trace[t] = [s]
-        else:
-            group.append(s)
-        key = (t, s.parent_span_id)
-        group = key_get(key)
-        if group is None:
-            by_key[key] = [s]
-        else:
-            group.append(s)
-    return SpanIndex(by_trace, by_key)
 
 
 @dataclass(slots=True)
@@ -96,14 +39,14 @@ class JoinedRequest:
 
     kernel: KernelRequest
     traceparent_values: list[str]  # raw header values as captured (several = duplicated)
-    spans: list[Span] = field(default_factory=_none)  # SERVER spans joined to it
+    spans: list[Span] = field(default_factory=empty)  # SERVER spans joined to it
     # Further SERVER spans inside one of ``spans``' subtrees (double instrumentation, e.g.
     # framework and WSGI middleware): duplicates of this request, not requests of their own.
-    nested_spans: list[Span] = field(default_factory=_none)
+    nested_spans: list[Span] = field(default_factory=empty)
     span_join: str = ""  # JOIN_TRACEPARENT | JOIN_HEURISTIC | "" (no span)
     driver: DriverRecord | None = None
-    client_spans: list[Span] = field(default_factory=_none)  # CLIENT descendants
-    outbound: list[KernelRequest] = field(default_factory=_none)  # parent_request == this
+    client_spans: list[Span] = field(default_factory=empty)  # CLIENT descendants
+    outbound: list[KernelRequest] = field(default_factory=empty)  # parent_request == this
 
     @property
     def traceparent(self) -> TraceParent | None:
@@ -398,11 +341,8 @@ def _attach_client_spans(requests: list[JoinedRequest], index: SpanIndex) -> Non
         spans = r.spans
         if not spans:
             continue
-        if len(spans) == 1:  # the usual case: one server span, often alone in its trace
-            s = spans[0]
-            if len(by_trace[s.trace_id]) == 1 or not s.span_id \
-                    or (s.trace_id, s.span_id) not in by_key:
-                continue
+        if len(spans) == 1 and len(by_trace[spans[0].trace_id]) == 1:
+            continue  # the usual case: one server span, alone in its trace
         found: list[Span] = []
         seen: set[tuple[str, str]] = set()
         stack = list(spans)

@@ -27,7 +27,8 @@ from typing import Any
 from agent.evidence import DownstreamRecord, DriverRecord, Evidence, KernelRequest, Span
 from agent.tracecontext import parse_traceparent
 from conformance.httpsem import route_matches, span_method, span_path, span_route
-from conformance.join import BASE_SLOP_NS, EMPTY, Joined, SpanIndex, appended, index_spans
+from conformance.index import SpanIndex, SpansByParent, appended, empty, index_spans
+from conformance.join import BASE_SLOP_NS, Joined
 from conformance.scenario import FANOUT_SUFFIX, base_case, fans_out
 
 JOIN_KEY, JOIN_KERNEL, JOIN_HEURISTIC = "traceparent", "kernel", "heuristic"
@@ -54,21 +55,17 @@ class Outbound:
         return f"{self.source} ({self.how})"
 
 
-def _none() -> list[Any]:
-    return EMPTY
-
-
 @dataclass(slots=True)
 class RequestView:
     """One request the driver sent, with its server spans and outbound calls (list fields
-    nothing was joined to hold the shared read-only ``conformance.join.EMPTY``)."""
+    nothing was joined to hold the shared read-only ``conformance.index.EMPTY``)."""
 
     driver: DriverRecord
     fanout: bool
-    spans: list[Span] = field(default_factory=_none)  # SERVER spans
+    spans: list[Span] = field(default_factory=empty)  # SERVER spans
     span_join: str = ""
     kernel: KernelRequest | None = None
-    outbound: list[Outbound] = field(default_factory=_none)
+    outbound: list[Outbound] = field(default_factory=empty)
     overlapped: bool = False  # another request with the same method and path was in flight
 
     @property
@@ -110,7 +107,7 @@ class View:
     requests: list[RequestView]
     unattributed: list[DownstreamRecord]  # sink records tied to no request
     spans_by_trace: dict[str, list[Span]]
-    spans_by_key: dict[tuple[str, str], list[Span]]  # (trace_id, parent_span_id), any kind
+    spans_by_key: SpansByParent  # (trace_id, parent_span_id) → spans of any kind
 
     def where(self, prefix: str) -> list[RequestView]:
         """Requests whose case (without @fanout) starts with ``prefix``."""

@@ -10,7 +10,8 @@ from agent import jsonl
 from agent.evidence import DriverRecord, EvidenceWriter, KernelRequest, RunMeta, Span, load_evidence
 from agent.tracecontext import new_span_id, new_traceparent
 from conformance import evaluate
-from conformance.join import EMPTY, appended, join
+from conformance.index import EMPTY, appended
+from conformance.join import join
 from conformance.model import Status
 from tests.conformance.builders import MS, Req, result
 
