@@ -57,6 +57,15 @@ class SpansByParent(Mapping):
                 return found
         return default
 
+    def __contains__(self, key: object) -> bool:  # no list made to answer
+        if not isinstance(key, tuple) or len(key) != 2:
+            return False
+        parent = key[1]
+        for s in self._by_trace.get(key[0], ()):
+            if s.parent_span_id == parent:
+                return True
+        return False
+
     def __getitem__(self, key: tuple[str, str]) -> list[Span]:
         found = self.get(key)
         if found is None:

@@ -80,7 +80,7 @@ def server_span_continues_context(ctx: CheckContext) -> Finding:
     continued, broken, without, wire_kept, wire_broken = [], [], [], [], []
     for r in valid:
         d = r.driver
-        if view.spans_by_key.get((d.trace_id, d.parent_id)):
+        if (d.trace_id, d.parent_id) in view.spans_by_key:
             continued.append(r)
         elif r.spans:
             broken.append(r)
