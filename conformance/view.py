@@ -135,14 +135,15 @@ def build_view(evidence: Evidence, joined: Joined | None, index: SpanIndex | Non
     if index is None:
         index = joined.span_index if joined is not None and joined.span_index is not None \
             else index_spans(evidence.spans)
-    by_key = index.by_key
     agent_spans = {id(s) for s in joined.agent_spans} if joined else set()
     pool = {id(s): s for s in evidence.spans if s.kind == "SERVER" and id(s) not in agent_spans}
 
-    for r in reqs:  # 1. the traceparent sent
+    by_trace = index.by_trace
+    for r in reqs:  # 1. the traceparent sent: spans of its trace whose parent it names
         d = r.driver
-        if d.trace_id and (group := by_key.get((d.trace_id, d.parent_id))):
-            found = [s for s in group if id(s) in pool]
+        if d.trace_id and (group := by_trace.get(d.trace_id)):
+            parent = d.parent_id
+            found = [s for s in group if s.parent_span_id == parent and id(s) in pool]
             if found:
                 for s in found:
                     del pool[id(s)]
@@ -171,7 +172,7 @@ def build_view(evidence: Evidence, joined: Joined | None, index: SpanIndex | Non
             _join_heuristic([r for r in reqs if not r.spans], pool, window)
     _mark_overlaps(reqs)
     unattributed = _attach_downstream(reqs, evidence.downstream, tight)
-    return View(reqs, unattributed, index.by_trace, by_key)
+    return View(reqs, unattributed, index.by_trace, index.by_key)
 
 
 def _mark_overlaps(reqs: list[RequestView]) -> None:
