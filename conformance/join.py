@@ -108,7 +108,8 @@ def join(evidence: Evidence) -> Joined:
     under_test: list[JoinedRequest] = []
     agent: list[JoinedRequest] = []
     # (trace-id, parent-id) of each request's valid traceparent, else None, in the order of
-    # under_test and agent: the join's keys, dropped once joined (see JoinedRequest).
+    # under_test and agent: the join's keys, dropped once spans are joined by them (a
+    # million of them took 250 MB; see JoinedRequest and _driver_key).
     test_keys: list[tuple[str, str] | None] = []
     agent_keys: list[tuple[str, str] | None] = []
     client_reqs: list[KernelRequest] = []
@@ -130,7 +131,10 @@ def join(evidence: Evidence) -> Joined:
 
     index = index_spans(evidence.spans)
     server_spans = [s for s in evidence.spans if s.kind == "SERVER"]
-    pool = _join_by_traceparent(under_test + agent, test_keys + agent_keys, server_spans)
+    reqs_by_key = _by_key(under_test + agent, test_keys + agent_keys)
+    del test_keys, agent_keys
+    pool = _join_by_traceparent(reqs_by_key, server_spans)
+    del reqs_by_key
     # Exact kernel windows first, the slop after: otherwise a request without a span (not
     # sampled, lost) takes the span of the request that arrived just after its response.
     heuristic = 0
@@ -144,7 +148,7 @@ def join(evidence: Evidence) -> Joined:
     unjoined = _attach_nested(under_test + agent, evidence.spans,
                               [s for s in server_spans if id(s) in pool]) if pool else []
 
-    unmatched_driver = _join_driver(under_test, test_keys, evidence.driver, slop)
+    unmatched_driver = _join_driver(under_test, evidence.driver, slop)
     unattributed = []
     if client_reqs:
         by_id = {r.kernel.id: r for r in under_test}
@@ -168,12 +172,9 @@ def join(evidence: Evidence) -> Joined:
     )
 
 
-def _join_by_traceparent(requests: list[JoinedRequest], keys: list[tuple[str, str] | None],
-                         spans: list[Span]) -> dict[int, Span]:
-    """Attach spans keyed by (inbound trace-id, parent-id) (``keys``, one per request);
-    return the unjoined span pool (grouped by key in order of first appearance, each group
-    in export order)."""
-    # Key → its request, or the list of them when a resent header shares the key.
+def _by_key(requests: list[JoinedRequest], keys: list[tuple[str, str] | None]
+            ) -> dict[tuple[str, str], Any]:
+    """Key → its request, or the list of them when a resent header shares the key."""
     reqs_by_key: dict[tuple[str, str], Any] = {}
     for r, key in zip(requests, keys):
         if key is not None:
@@ -183,6 +184,14 @@ def _join_by_traceparent(requests: list[JoinedRequest], keys: list[tuple[str, st
                     prev.append(r)
                 else:
                     reqs_by_key[key] = [prev, r]
+    return reqs_by_key
+
+
+def _join_by_traceparent(reqs_by_key: dict[tuple[str, str], Any], spans: list[Span]
+                         ) -> dict[int, Span]:
+    """Attach spans keyed by (inbound trace-id, parent-id) (see _by_key); return the
+    unjoined span pool (grouped by key in order of first appearance, each group in export
+    order)."""
     left: dict[tuple[str, str], list[Span]] = {}
     for s in spans:
         key = (s.trace_id, s.parent_span_id)
@@ -283,10 +292,19 @@ def _nearest_in_window(groups: list[list[Span]], pool: dict[int, Span], lo: int,
     return best
 
 
-def _join_driver(requests: list[JoinedRequest], keys: list[tuple[str, str] | None],
-                 driver: list[DriverRecord], slop: int) -> list[DriverRecord]:
-    """Attach driver records by traceparent (``keys``, one per request), else by method,
-    path and send time."""
+def _driver_key(r: JoinedRequest) -> tuple[str, str] | None:
+    """(trace-id, parent-id) of the request's valid traceparent: the key of the spans joined
+    by it (no new strings), else parsed again (the few requests without such a span)."""
+    if r.span_join == JOIN_TRACEPARENT:
+        s = r.spans[0]
+        return s.trace_id, s.parent_span_id
+    tp = r.traceparent
+    return (tp.trace_id, tp.parent_id) if tp else None
+
+
+def _join_driver(requests: list[JoinedRequest], driver: list[DriverRecord],
+                 slop: int) -> list[DriverRecord]:
+    """Attach driver records by traceparent, else by method, path and send time."""
     # Key → its record, or the list of them when several were sent with one traceparent.
     by_key: dict[tuple[str, str], Any] = {}
     rest: list[DriverRecord] = []
@@ -302,7 +320,8 @@ def _join_driver(requests: list[JoinedRequest], keys: list[tuple[str, str] | Non
             else:
                 by_key[key] = [prev, d]
     pending: list[JoinedRequest] = []
-    for r, key in zip(requests, keys):
+    for r in requests:
+        key = _driver_key(r)
         group = by_key.get(key) if key is not None else None
         if not group:  # none sent with it, or all taken
             pending.append(r)
