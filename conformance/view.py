@@ -108,10 +108,18 @@ class View:
     unattributed: list[DownstreamRecord]  # sink records tied to no request
     spans_by_trace: dict[str, list[Span]]
     spans_by_key: SpansByParent  # (trace_id, parent_span_id) → spans of any kind
+    _where: dict[str, list[RequestView]] = field(default_factory=dict, init=False,
+                                                 repr=False, compare=False)
 
     def where(self, prefix: str) -> list[RequestView]:
-        """Requests whose case (without @fanout) starts with ``prefix``."""
-        return [r for r in self.requests if r.case.startswith(prefix)]
+        """Requests whose case (without @fanout) starts with ``prefix`` (found once per
+        prefix: several checks ask; a new list each time)."""
+        found = self._where.get(prefix)
+        if found is None:  # the case as sent starts so too: tested first, it is cheaper
+            found = self._where[prefix] = [r for r in self.requests
+                                           if r.driver.case.startswith(prefix)
+                                           and r.case.startswith(prefix)]
+        return list(found)
 
 
 def build_view(evidence: Evidence, joined: Joined | None, index: SpanIndex | None = None

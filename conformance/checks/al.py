@@ -37,11 +37,12 @@ _SPAN_LIKE = re.compile(r"[0-9a-fA-F]{16}")
 
 def _resource_values(spans: list[Any]) -> dict[str, set[str]]:
     out: dict[str, set[str]] = defaultdict(set)
-    for s in spans:
+    # Each resource once: spans of one process share their resource (one dict when loaded).
+    for resource in {id(s.resource): s.resource for s in spans}.values():
         for key in RESOURCE_LABELS:
             for name in (key, *RESOURCE_ALIASES.get(key, ())):
-                if s.resource.get(name) not in (None, ""):
-                    out[key].add(str(s.resource[name]))
+                if resource.get(name) not in (None, ""):
+                    out[key].add(str(resource[name]))
                     break
     return out
 

@@ -167,10 +167,11 @@ def span_tree_integrity(ctx: CheckContext) -> Finding:
                         outside.append({**_span_ref(s), "parent_name": p.name,
                                         "start_before_parent_us": (p.start_ns - s.start_ns) // 1000,
                                         "end_after_parent_us": (s.end_ns - p.end_ns) // 1000})
-                elif parent and not is_remote(t, parent):
+                elif parent and not (t == d.trace_id and parent == d.parent_id
+                                     or is_remote(t, parent)):
                     orphans.append(_span_ref(s))
-                elif not is_owned(s):  # a root that is no request's server span
-                    extra_roots.append(_span_ref(s))
+                elif not (any(x is s for x in r.spans) or is_owned(s)):
+                    extra_roots.append(_span_ref(s))  # a root that is no request's span
             if linked:
                 cycles += [_span_ref(s) for s in _cycles(by_id)]
     if not n_traces:
