@@ -94,9 +94,11 @@ class DaemonMetrics:
 
 
 def _ringbuf_fill(stats: dict) -> float | None:
-    """The kernel collector's peak ring-buffer fill, as a 0..1 ratio, if it recorded one."""
-    for key in ("ringbuf_fill_max", "ringbuf_peak_fill", "ringbuf_fill"):
-        value = stats.get(key)
-        if isinstance(value, (int, float)):
-            return float(value) if value <= 1 else float(value) / 100.0
+    """The run's peak ring-buffer fill as a 0..1 ratio: the most bytes the collector found
+    waiting (``user_ring_fill_peak_bytes``) over the ring's size; None if not recorded."""
+    peak = stats.get("user_ring_fill_peak_bytes")
+    sizes = stats.get("sizes") if isinstance(stats.get("sizes"), dict) else {}
+    size = sizes.get("ringbuf_bytes")
+    if isinstance(peak, int) and isinstance(size, int) and size > 0:
+        return min(1.0, peak / size)
     return None

@@ -127,18 +127,25 @@ def test_unknown_routes_and_methods(daemon, method, path, status, fragment):
     assert got == status and fragment in body["error"]
 
 
+def scrape_metrics(daemon) -> dict[tuple[str, tuple], float]:
+    """The daemon's own /metrics (no token: it is not a /v1 route), by (name, labels)."""
+    u = urlsplit(daemon.url)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=10)
+    try:
+        conn.request("GET", "/metrics")
+        resp = conn.getresponse()
+        assert resp.status == 200 and resp.getheader("Content-Type").startswith("text/plain")
+        return {(s.name, tuple(sorted(s.labels.items()))): s.value
+                for fam in text_string_to_metric_families(resp.read().decode()) for s in fam.samples}
+    finally:
+        conn.close()
+
+
 def test_metrics_count_runs_by_state_and_api_requests(daemon, target):
     run_id = daemon.submit(target.spec())
     daemon.wait(run_id)
     daemon.api("GET", "/v1/runs", token="w" * 40)  # one refused request
-    u = urlsplit(daemon.url)
-    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=10)
-    conn.request("GET", "/metrics")
-    resp = conn.getresponse()
-    assert resp.status == 200 and resp.getheader("Content-Type").startswith("text/plain")
-    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
-               for fam in text_string_to_metric_families(resp.read().decode()) for s in fam.samples}
-    conn.close()
+    samples = scrape_metrics(daemon)
     assert samples[("obsconform_runs", (("state", "done"),))] == 1
     assert samples[("obsconform_runs", (("state", "queued"),))] == 0
     assert samples[("obsconform_runs_finished_total", (("state", "done"),))] == 1
@@ -146,3 +153,14 @@ def test_metrics_count_runs_by_state_and_api_requests(daemon, target):
     assert samples[("obsconform_api_requests_total", (("code", "202"), ("route", "/v1/runs")))] == 1
     assert samples[("obsconform_run_duration_seconds_count", ())] == 1
     assert samples[("obsconform_agent_drops_total", ())] == 0
+
+
+@pytest.mark.kernel
+def test_metrics_show_the_ring_buffer_fill_of_a_kernel_run(daemon, target):
+    assert ("obsconform_ringbuf_fill_ratio", ()) not in scrape_metrics(daemon), "no run measured it yet"
+    run_id = daemon.submit(target.spec(no_ebpf=False))
+    daemon.wait(run_id)
+    samples = scrape_metrics(daemon)
+    # 20 requests leave a few hundred bytes waiting in a 16 MiB ring: above 0, far below 1
+    assert 0 < samples[("obsconform_ringbuf_fill_ratio", ())] < 0.01
+    assert samples[("obsconform_kernel_requests_total", ())] >= 20
