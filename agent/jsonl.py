@@ -13,6 +13,7 @@ immutable, so sharing them is invisible; the shared containers make loaded recor
 from __future__ import annotations
 
 import json
+from itertools import repeat
 from typing import Any, Iterator, TextIO
 
 CHUNK_BYTES = 1 << 20  # text decoded per json.loads call
@@ -31,14 +32,17 @@ def chunks(f: TextIO) -> Iterator[tuple[int, list[str]]]:
 def decode(lines: list[str]) -> list[dict[str, Any]] | None:
     """The JSON object of each non-blank line, decoded in one call; None when the lines are
     not one object each (then decode them one by one to name the bad line)."""
-    kept = [line for line in lines if not line.isspace()]
-    if not all(line.lstrip().startswith("{") for line in kept):
+    # The checks run in C (map) for the writer's lines: no blank line, none indented.
+    kept = [line for line in lines if not line.isspace()] if any(map(str.isspace, lines)) \
+        else lines
+    if not all(map(str.startswith, kept, repeat("{"))) \
+            and not all(line.lstrip().startswith("{") for line in kept):
         return None
     try:
         data = json.loads("[" + ",".join(kept) + "]")
     except ValueError:
         return None
-    if len(data) != len(kept) or not all(type(d) is dict for d in data):
+    if len(data) != len(kept) or set(map(type, data)) - {dict}:
         return None
     return data
 
