@@ -75,10 +75,11 @@ INT_MAX = 1 << 16
 class _Whole:
     """Sharing state of one field whose whole value may repeat."""
 
-    __slots__ = ("name", "table", "hits", "misses", "active")
+    __slots__ = ("name", "nested", "table", "hits", "misses", "active")
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, nested: bool) -> None:
         self.name = name
+        self.nested = nested  # its values are shared one by one when it is not found whole
         self.table: dict[tuple[Any, ...], Any] = {}
         self.hits = self.misses = 0
         self.active = True
@@ -100,7 +101,7 @@ class SharedValues:
                  whole: tuple[str, ...] = ()) -> None:
         self.top = top
         self.nested = nested
-        self._whole = [_Whole(name) for name in whole]
+        self._whole = [_Whole(name, name in nested) for name in whole]
         self._table: dict[Any, Any] = {}  # exact str and int values only (never bool)
         self._lists: dict[tuple[str, ...], list[str]] = {}  # strings → the shared list
         self._singles: dict[str, list[str]] = {}  # the same for lists of one string
@@ -116,7 +117,7 @@ class SharedValues:
                 v = d.get(name)
                 if type(v) is str or type(v) is int:
                     d[name] = shared(v, v)
-            done = None  # a field both whole and nested that was found whole
+            done = None  # a whole value found of a field that is nested too: no walk
             for w in whole:
                 v = d.get(w.name)
                 if not v and (type(v) is list or type(v) is dict):  # no key needed
@@ -127,8 +128,10 @@ class SharedValues:
                     continue
                 found = w.table.get(key)
                 if found is not None:
-                    d[w.name] = done = found
+                    d[w.name] = found
                     w.hits += 1
+                    if w.nested:
+                        done = found
                 else:  # kept as it is, its values shared below when it is nested too
                     w.misses += 1
                     if len(w.table) < WHOLE_MAX:
