@@ -27,7 +27,7 @@ from typing import Any
 from agent.evidence import DownstreamRecord, DriverRecord, Evidence, KernelRequest, Span
 from agent.tracecontext import parse_traceparent
 from conformance.httpsem import route_matches, span_method, span_path, span_route
-from conformance.index import SpanIndex, SpansByParent, appended, empty, index_spans
+from conformance.index import EMPTY, SpanIndex, SpansByParent, appended, empty, index_spans
 from conformance.join import BASE_SLOP_NS, Joined
 from conformance.scenario import FANOUT_SUFFIX, base_case, fans_out
 
@@ -137,7 +137,7 @@ def build_view(evidence: Evidence, joined: Joined | None, index: SpanIndex | Non
             found = fan_paths[d.path] = fans_out(scenario, d.path)
         return found
 
-    reqs = [RequestView(d, fanout(d))
+    reqs = [RequestView(d, fanout(d), EMPTY, "", None, EMPTY)  # positional: a million
             for d in sorted(evidence.driver, key=attrgetter("t_send_ns", "seq"))]
     # A million spans are indexed once per evaluation, not once per reader.
     if index is None:
