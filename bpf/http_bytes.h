@@ -75,6 +75,18 @@ static __always_inline u64 byte_eq(u64 x, u64 c)
     return ~(((y & ~HIGHS) + ~HIGHS) | y) & HIGHS;
 }
 
+/* The n bytes at d end with the end of a header block (CRLF CRLF, or LF LF): what a
+ * request without a body, read whole, looks like. Its presence is all the header scan
+ * needs to know (the first one is the terminator wherever a later one lies), so this
+ * case needs no scan. */
+static __always_inline int ends_header_block(const u8 *d, u32 n)
+{
+    if (n < 4 || n > CAPTURE_BYTES)
+        return 0;
+    const u8 *e = d + n - 4;
+    return e[3] == '\n' && ((e[2] == '\r' && e[1] == '\n' && e[0] == '\r') || e[2] == '\n');
+}
+
 /* *tail holds the 8 bytes before d (the last one in the top byte): the terminator may
  * span two syscalls. Returns 1 if the terminator lies inside the n bytes of d. */
 static __always_inline int scan_header_end(const u8 *d, u32 n, u64 *tail)

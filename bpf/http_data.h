@@ -4,6 +4,8 @@
  * sendto), an iovec array (readv, writev) or a msghdr's iovec array (recvmsg, sendmsg).
  * gather() copies the first bytes of whatever the syscall moved, across up to MAX_IOVS
  * iovecs, so that a request line or header block split over iovecs is still seen whole.
+ * User memory is read once: read_head() copies the first HEAD_BYTES, which is all a
+ * response record needs, and a header capture copies only what lies beyond them.
  * Needs CAPTURE_BYTES, OFF_MASK, struct io_args and struct scratch_t defined before.
  */
 #ifndef OBSCONFORM_HTTP_DATA_H
@@ -19,6 +21,13 @@
 #define SHAPE_NONE 3    /* sendfile: bytes are counted, never seen */
 #define SHAPE_CONNECT 4 /* connect: only the fd matters */
 #define SHAPE_SKIP 5    /* MSG_PEEK: the same bytes come again with the real read */
+
+/* Bytes every exit copies first: a response record's whole capture, a blind record's,
+ * and the start of a request's (a short request needs no second copy). */
+#define HEAD_BYTES HTTP_RESP_CAPTURE
+#if HTTP_BLIND_CAPTURE > HEAD_BYTES || CAPTURE_BYTES <= HEAD_BYTES
+#error "the first copy must hold a blind record's bytes and be shorter than a capture"
+#endif
 
 /* The verifier needs a copy's offset provably within 0..4095 and its length within
  * 0..8191; clang drops a mask it can prove redundant, so the empty asm hides what it
@@ -41,15 +50,18 @@ static __always_inline u32 launder(struct scratch_t *s, u32 n)
     return LEN_MASK(*(volatile u32 *)&s->count);
 }
 
-static __always_inline u32 gather_bytes(struct scratch_t *s, struct io_args *a, long ret, u32 off, u32 want)
+/* Copies bytes the syscall moved, from the skip-th on, to s->data + off (see gather). */
+static __always_inline u32 gather_bytes(struct scratch_t *s, struct io_args *a, long ret, u32 skip, u32 off,
+                                        u32 want)
 {
-    if (ret <= 0 || want == 0)
+    if (ret <= (long)skip || want == 0)
         return 0;
     if (a->shape == SHAPE_BUF) {
-        u32 n = (u64)ret < want ? (u32)ret : want;
+        u64 avail = ret - skip;
+        u32 n = avail < want ? (u32)avail : want;
         if (n > CAPTURE_BYTES)
             n = CAPTURE_BYTES;
-        if (bpf_probe_read_user(s->data + OFF_BOUND(off), LEN_MASK(n), (void *)a->ptr))
+        if (bpf_probe_read_user(s->data + OFF_BOUND(off), LEN_MASK(n), (void *)(a->ptr + skip)))
             return 0;
         return n;
     }
@@ -65,7 +77,7 @@ static __always_inline u32 gather_bytes(struct scratch_t *s, struct io_args *a, 
     } else if (a->shape != SHAPE_IOV) {
         return 0;
     }
-    u64 left = ret;
+    u64 left = ret, skip_left = skip;
     u32 got = 0;
 #pragma unroll
     for (u32 i = 0; i < MAX_IOVS; i++) {
@@ -76,10 +88,17 @@ static __always_inline u32 gather_bytes(struct scratch_t *s, struct io_args *a, 
             break;
         u64 moved = iov.len < left ? iov.len : left;
         left -= moved;
+        if (moved <= skip_left) { /* this iovec lies wholly within the bytes to skip */
+            skip_left -= moved;
+            continue;
+        }
+        moved -= skip_left;
+        u64 base = iov.base + skip_left;
+        skip_left = 0;
         u32 n = moved < want - got ? (u32)moved : want - got;
         if (n > CAPTURE_BYTES)
             n = CAPTURE_BYTES;
-        if (n && bpf_probe_read_user(s->data + OFF_BOUND(off + got), LEN_MASK(n), (void *)iov.base))
+        if (n && bpf_probe_read_user(s->data + OFF_BOUND(off + got), LEN_MASK(n), (void *)base))
             break;
         got = launder(s, got + n);
     }
@@ -90,16 +109,26 @@ static __always_inline u32 gather_bytes(struct scratch_t *s, struct io_args *a, 
  * many were copied (at most want). off + want never exceeds CAPTURE_BYTES. */
 static __always_inline u32 gather(struct scratch_t *s, struct io_args *a, long ret, u32 off, u32 want)
 {
-    u32 n = launder(s, gather_bytes(s, a, ret, off, want));
+    u32 n = launder(s, gather_bytes(s, a, ret, 0, off, want));
     return n < want ? n : want;
 }
 
-/* The first (up to) 8 bytes the syscall moved, as a little-endian u64; *n says how many. */
-static __always_inline u64 read_head(struct scratch_t *s, struct io_args *a, long ret, u32 *n)
+/* The bytes after the first HEAD_BYTES, which read_head() copied already, up to
+ * CAPTURE_BYTES in all; returns how many were copied. */
+static __always_inline u32 gather_rest(struct scratch_t *s, struct io_args *a, long ret, u32 want)
 {
-    u32 got = gather(s, a, ret, 0, 8);
-    *n = got;
-    return *(u64 *)s->data & LOW(got);
+    u32 n = launder(s, gather_bytes(s, a, ret, HEAD_BYTES, HEAD_BYTES, want));
+    return n < want ? n : want;
+}
+
+/* Copies the first min(ret, HEAD_BYTES) bytes the syscall moved to s->data (*got says
+ * how many): all a response or blind record keeps, and the start of a header capture.
+ * Returns the first (up to) 8 of them as a little-endian u64. */
+static __always_inline u64 read_head(struct scratch_t *s, struct io_args *a, long ret, u32 *got)
+{
+    u32 n = gather(s, a, ret, 0, HEAD_BYTES);
+    *got = n;
+    return *(u64 *)s->data & LOW(n);
 }
 
 #endif /* OBSCONFORM_HTTP_DATA_H */

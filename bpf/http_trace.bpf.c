@@ -3,7 +3,7 @@
  * Only tracepoint arguments and user memory are read, never kernel structs: the kernel
  * headers available at compile time may not match the running kernel, and kprobes may
  * not exist. Every program starts with the target filter (a tgid set, optionally a
- * cgroup) so that the rest of the system pays one map lookup per syscall.
+ * cgroup) so that the rest of the system pays two array reads per syscall.
  *
  * Per connection (tgid, fd) the program keeps byte counts and the last read/write times
  * in "conns" and writes one ring-buffer record per request-side event (request start,
@@ -18,7 +18,7 @@
  * Compile-time configuration (typed -D flags set by agent/kernel/probes.py):
  *   CAPTURE_BYTES   request header bytes kept per request (256..4096, default 1024)
  *   MAP_ENTRIES     tracked connections; TARGET_ENTRIES target tids/tgids;
- *   IO_ENTRIES      syscalls in flight (one per blocked thread of the targets)
+ *   IO_ENTRIES      saved syscall arguments (one per thread of the targets that reads or writes)
  *   RINGBUF_PAGES   ring-buffer size in pages (power of two)
  *   WAKEUP_BYTES    bytes a CPU writes before it wakes user space up
  *   TARGET_CGROUP_ID + TARGET_CGROUP_LEVEL   also trace every process of that cgroup v2
@@ -69,11 +69,14 @@
 #define PHASE_BODY 2 /* header capture over: reads are only checked for a new request */
 
 #define MSG_PEEK_FLAG 2
+#define NR_DONE (-1) /* io_args.nr of an entry whose exit has used it */
 #define ERR_EEXIST 17
 #define ERR_EINPROGRESS 115
 
 /* Arguments of a syscall in flight, saved at sys_enter for its sys_exit (user space
- * writes the same layout when it primes a syscall that was in progress at attach). */
+ * writes the same layout when it primes a syscall that was in progress at attach). The
+ * entry of a thread stays from one syscall to the next (its exit sets nr to NR_DONE);
+ * it goes when the thread exits or its process stops being a target. */
 struct io_args {
     u64 ptr;
     u64 cnt;  /* iovec count (readv/writev) */
@@ -124,6 +127,13 @@ struct sys_exit_args {
 #include "http_data.h"
 
 BPF_HASH(targets, u32, u8, TARGET_ENTRIES);
+/* One bit per pid (pid_max is at most 2^22): a clear bit in both says "not a target"
+ * with two inlined array reads, so that other processes never pay the hash lookup. A set
+ * bit only means "look in targets". user_bits is written by user space alone, next to
+ * targets; fork_bits by obsc_fork alone, never cleared (a stale bit costs one lookup). */
+#define PID_WORDS 65536
+BPF_ARRAY(user_bits, u64, PID_WORDS);
+BPF_ARRAY(fork_bits, u64, PID_WORDS);
 BPF_HASH(io_args, u64, struct io_args, IO_ENTRIES);
 BPF_HASH(conns, u64, struct conn_state, MAP_ENTRIES);
 BPF_PERCPU_ARRAY(scratch, struct scratch_t, 1);
@@ -137,13 +147,30 @@ static __always_inline void count(u32 idx)
         *v += 1;
 }
 
+/* 0 when no target set holds pid; otherwise targets decides. */
+static __always_inline int maybe_target(u32 pid)
+{
+    u32 w = pid >> 6;
+    u64 bit = 1ULL << (pid & 63);
+    u64 *u = user_bits.lookup(&w);
+    u64 *f = fork_bits.lookup(&w);
+    if (!u || !f) /* beyond 2^22: not expected, so no shortcut */
+        return 1;
+    return ((*u | *f) & bit) != 0;
+}
+
+static __always_inline int in_target_set(u32 tgid)
+{
+    return maybe_target(tgid) && targets.lookup(&tgid) != 0;
+}
+
 static __always_inline int is_target(u32 tgid)
 {
 #ifdef TARGET_CGROUP_ID
     if (bpf_get_current_ancestor_cgroup_id(TARGET_CGROUP_LEVEL) == TARGET_CGROUP_ID)
         return 1;
 #endif
-    return targets.lookup(&tgid) != 0;
+    return in_target_set(tgid);
 }
 
 static __always_inline u64 conn_key(u32 tgid, s32 fd)
@@ -200,6 +227,20 @@ static __always_inline int stash(s32 fd, u64 ptr, u64 cnt, s32 nr, u8 sc, u8 dir
     u64 id = bpf_get_current_pid_tgid();
     if (!is_target(id >> 32))
         return 0;
+    /* Rewriting the thread's entry in place costs a lookup, where an update and the
+     * exit's delete would each take the bucket lock. */
+    struct io_args *ap = io_args.lookup(&id);
+    if (ap) {
+        ap->ptr = ptr;
+        ap->cnt = cnt;
+        ap->fd = fd;
+        ap->nr = nr;
+        ap->sc = sc;
+        ap->dir = dir;
+        ap->shape = shape;
+        ap->primed = 0;
+        return 0;
+    }
     struct io_args a = {.ptr = ptr, .cnt = cnt, .fd = fd, .nr = nr, .sc = sc, .dir = dir, .shape = shape};
     if (io_args.update(&id, &a))
         count(HTTP_CTR_IO_MAP_FULL);
@@ -313,15 +354,31 @@ int obsc_scan(struct sys_exit_args *args)
     return 0;
 }
 
-/* Copies request header bytes after the `off` bytes already in s->data, then hands the
- * capture to obsc_scan. */
+/* Completes a capture of up to `budget` request header bytes and hands it to obsc_scan.
+ * With carried == 0 the capture starts with the syscall's first bytes, of which read_head
+ * copied `got` to s->data already; otherwise s->data holds the `carried` bytes of earlier
+ * syscalls and the syscall's bytes are copied after them. */
 static __always_inline void capture_headers(struct sys_exit_args *args, struct scratch_t *s,
                                             struct conn_state *c, u64 key, struct io_args *a,
-                                            long ret, u32 off, u32 budget)
+                                            long ret, u32 carried, u32 budget, u32 got)
 {
-    u32 n = off + gather(s, a, ret, off, budget - off);
+    u32 n;
+    if (carried) {
+        n = carried + gather(s, a, ret, carried, budget - carried);
+    } else {
+        n = got < budget ? got : budget;
+        if (got == HEAD_BYTES && budget > HEAD_BYTES)
+            n += gather_rest(s, a, ret, budget - HEAD_BYTES);
+    }
     if (n > CAPTURE_BYTES)
         n = CAPTURE_BYTES;
+    if (ends_header_block(s->data, n)) { /* the common case: no scan, no tail call */
+        c->cap_used += n;
+        c->phase = PHASE_BODY;
+        s->ev.flags |= HTTP_F_HDR_DONE;
+        emit(s, n);
+        return;
+    }
     s->count = n;
     s->scan_key = key;
     scan_prog.call(args, 0);
@@ -335,8 +392,9 @@ static __always_inline void capture_headers(struct sys_exit_args *args, struct s
 
 /* The first request-side bytes of a connection tracked since accept/connect are not
  * HTTP/1.x: count the connection once per kind and tell user space (a blind spot). */
-static __always_inline void blind(struct scratch_t *s, struct io_args *a, long ret, u64 head, u32 hn)
+static __always_inline void blind(struct scratch_t *s, u64 head, u32 got)
 {
+    u32 hn = got < 8 ? got : 8;
     u8 kind = HTTP_BLIND_OTHER;
     u32 ctr = HTTP_CTR_BLIND_OTHER;
     if (is_tls_record(head, hn)) {
@@ -349,23 +407,24 @@ static __always_inline void blind(struct scratch_t *s, struct io_args *a, long r
     count(ctr);
     s->ev.kind = HTTP_EV_BLIND;
     s->ev.detail = kind;
-    emit(s, gather(s, a, ret, 0, HTTP_BLIND_CAPTURE));
+    emit(s, got < HTTP_BLIND_CAPTURE ? got : HTTP_BLIND_CAPTURE);
 }
 
 /* Request-side bytes: continue the header capture of the current request, or start one
  * when the bytes (with up to 7 carried from earlier syscalls) begin a request line. */
 static __always_inline void request_bytes(struct sys_exit_args *args, struct scratch_t *s,
                                           struct conn_state *c, u64 key, struct io_args *a, long ret,
-                                          u64 head, u32 hn)
+                                          u64 head, u32 got)
 {
-    u32 off = 0, budget = CAPTURE_BYTES;
+    u32 hn = got < 8 ? got : 8;
+    u32 budget = CAPTURE_BYTES, carried = 0;
     if (c->phase == PHASE_HDR && c->cap_used < CAPTURE_BYTES) {
         s->ev.kind = HTTP_EV_REQ_CONT;
         s->ev.cap_off = c->cap_used;
         budget = CAPTURE_BYTES - c->cap_used;
     } else {
         /* A request line may start with bytes an earlier syscall moved ("GE" + "T / ..."). */
-        u32 carried = c->pend_len & 7;
+        carried = c->pend_len & 7;
         c->pend_len = 0;
         u64 line = head;
         u32 ln = hn;
@@ -389,7 +448,7 @@ static __always_inline void request_bytes(struct sys_exit_args *args, struct scr
                 c->pend_len = hn; /* decided by the next request-side syscall */
             } else if (!c->seen) {
                 c->seen = 1;
-                blind(s, a, ret, head, hn);
+                blind(s, head, got);
             }
             return;
         }
@@ -402,9 +461,8 @@ static __always_inline void request_bytes(struct sys_exit_args *args, struct scr
             *(u64 *)s->data = c->pend;
             count(HTTP_CTR_SPLIT_LINE);
         }
-        off = carried;
     }
-    capture_headers(args, s, c, key, a, ret, off, budget);
+    capture_headers(args, s, c, key, a, ret, carried, budget, got);
 }
 
 int obsc_ex_io(struct sys_exit_args *args)
@@ -422,7 +480,7 @@ int obsc_ex_io(struct sys_exit_args *args)
         return 0;
     }
     struct io_args a = *ap;
-    io_args.delete(&id);
+    ap->nr = NR_DONE; /* used: the entry stays for the thread's next syscall */
     if (a.nr != args->syscall_nr) {
         if (ret > 0)
             count(HTTP_CTR_NO_ENTER); /* a primed syscall that ended before it was primed */
@@ -433,10 +491,12 @@ int obsc_ex_io(struct sys_exit_args *args)
     if (ret <= 0 || a.shape == SHAPE_SKIP || a.shape == SHAPE_CONNECT)
         return 0;
 
-    u64 now = bpf_ktime_get_ns();
     u64 key = conn_key(tgid, a.fd);
     struct conn_state *c = conns.lookup(&key);
     int is_read = a.dir == DIR_READ;
+    /* The clock is read at once for a connection, and for any other fd (files, pipes)
+     * only if its bytes turn out to be HTTP. */
+    u64 now = c ? bpf_ktime_get_ns() : 0;
 
     if (a.shape == SHAPE_NONE) {
         if (c) {
@@ -451,8 +511,9 @@ int obsc_ex_io(struct sys_exit_args *args)
     struct scratch_t *s = scratch.lookup(&zero);
     if (!s)
         return 0;
-    u32 hn = 0;
-    u64 head = read_head(s, &a, ret, &hn);
+    u32 got = 0;
+    u64 head = read_head(s, &a, ret, &got);
+    u32 hn = got < 8 ? got : 8;
 
     if (!c) {
         /* Not seen at accept/connect (opened before attach, or accepted elsewhere):
@@ -464,6 +525,7 @@ int obsc_ex_io(struct sys_exit_args *args)
             role = is_read ? HTTP_ROLE_CLIENT : HTTP_ROLE_SERVER;
         else
             return 0;
+        now = bpf_ktime_get_ns();
         struct conn_state fresh = {};
         fresh.conn_ns = now;
         fresh.role = role;
@@ -492,7 +554,7 @@ int obsc_ex_io(struct sys_exit_args *args)
 
     int request_side = (c->role == HTTP_ROLE_SERVER) == is_read;
     if (request_side) {
-        request_bytes(args, s, c, key, &a, ret, head, hn);
+        request_bytes(args, s, c, key, &a, ret, head, got);
         return 0;
     }
     if (!is_status_line(head, hn))
@@ -500,7 +562,7 @@ int obsc_ex_io(struct sys_exit_args *args)
     if (c->phase == PHASE_HDR) /* the peer answers: the request capture is over */
         c->phase = PHASE_IDLE;
     s->ev.kind = HTTP_EV_RESP_START;
-    emit(s, gather(s, &a, ret, 0, HTTP_RESP_CAPTURE));
+    emit(s, got); /* read_head copied the whole capture (HEAD_BYTES) */
     return 0;
 }
 
@@ -536,7 +598,7 @@ int obsc_en_connect(struct tracepoint__syscalls__sys_enter_connect *args)
     if (family != 1 /* AF_UNIX */ && family != 2 /* AF_INET */ && family != 10 /* AF_INET6 */)
         return 0;
     struct io_args a = {.fd = args->fd, .nr = args->__syscall_nr, .shape = SHAPE_CONNECT};
-    if (io_args.update(&id, &a))
+    if (io_args.update(&id, &a)) /* rare enough (connect) to replace the whole entry */
         count(HTTP_CTR_IO_MAP_FULL);
     return 0;
 }
@@ -545,11 +607,11 @@ int obsc_ex_connect(struct sys_exit_args *args)
 {
     u64 id = bpf_get_current_pid_tgid();
     struct io_args *ap = io_args.lookup(&id);
-    if (!ap)
+    if (!ap || ap->nr != args->syscall_nr)
         return 0;
     s32 fd = ap->fd;
     int is_connect = ap->shape == SHAPE_CONNECT;
-    io_args.delete(&id);
+    ap->nr = NR_DONE;
     if (!is_connect)
         return 0;
     if (args->ret == 0 || args->ret == -ERR_EINPROGRESS)
@@ -587,7 +649,7 @@ int obsc_en_close(struct tracepoint__syscalls__sys_enter_close *args)
 int obsc_fork(struct tracepoint__sched__sched_process_fork *args)
 {
     u32 tgid = bpf_get_current_pid_tgid() >> 32;
-    if (!targets.lookup(&tgid))
+    if (!in_target_set(tgid))
         return 0;
     u32 child = args->child_pid;
     u8 one = 1;
@@ -596,6 +658,15 @@ int obsc_fork(struct tracepoint__sched__sched_process_fork *args)
         count(HTTP_CTR_FORKS);
     else if (err != -ERR_EEXIST)
         count(HTTP_CTR_TARGETS_FULL);
+    if (!err || err == -ERR_EEXIST) {
+        u32 w = child >> 6;
+        u64 bit = 1ULL << (child & 63);
+        u64 *f = fork_bits.lookup(&w);
+        /* Only this program sets bits, and one pid is forked once at a time: an atomic
+         * add of a clear bit is an atomic or. */
+        if (f && !(*f & bit))
+            __sync_fetch_and_add(f, bit);
+    }
     return 0;
 }
 #endif

@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import subprocess
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -46,7 +47,7 @@ DEFAULT_RINGBUF_PAGES = 4096  # 16 MiB
 # 32 KiB at ~1x) while the ring keeps >99 % headroom.
 WAKEUP_DIVISOR = 512
 DEFAULT_MAP_ENTRIES = 65536  # connections open at once
-DEFAULT_IO_ENTRIES = 16384  # target threads inside a read/write syscall at once
+DEFAULT_IO_ENTRIES = 16384  # target threads that read or write (each keeps its io_args entry)
 DEFAULT_TARGET_ENTRIES = 16384  # target processes and followed threads
 
 # Syscall families: (name, its enter program, -D flag that compiles it out when absent).
@@ -163,6 +164,7 @@ class Probes:
         self.attached: list[tuple[str, str]] = []  # (program, "category:event")
         self.missing: list[str] = []  # tracepoints this kernel lacks (blind spots)
         self.compile_s = self.attach_s = 0.0
+        self._targets_lock = threading.Lock()  # user_bits words are read, changed, written
 
     def load(self, before_attach: Callable[[], None] | None = None) -> None:
         """Compile and attach; raises ProbeError with what to do on failure.
@@ -288,15 +290,34 @@ class Probes:
     # --- maps -----------------------------------------------------------------------------
 
     def set_target(self, tgid: int, on: bool) -> None:
+        """Add ``tgid`` to the kernel's target set, or take it out (and drop the syscall
+        arguments its threads left in io_args, which no exit will use now)."""
         table = self.bpf[b"targets"]
         key = table.Key(tgid)
-        if on:
-            table[key] = table.Leaf(1)
-        else:
+        with self._targets_lock:
+            if on:
+                table[key] = table.Leaf(1)  # before the bit: a set bit sends the kernel here
+                self._set_user_bit(tgid, True)
+                return
+            self._set_user_bit(tgid, False)
             try:
                 del table[key]
             except KeyError:
                 pass
+        io_args = self.bpf[b"io_args"]
+        for k in [k for k in io_args.keys() if k.value >> 32 == tgid]:
+            try:
+                del io_args[k]
+            except KeyError:  # the thread exited meanwhile
+                pass
+
+    def _set_user_bit(self, pid: int, on: bool) -> None:
+        """user_bits (bpf/http_trace.bpf.c): one bit per pid, written only here, under the lock."""
+        bits = self.bpf[b"user_bits"]
+        word = bits.Key(pid >> 6)
+        value = bits[word].value
+        value = value | (1 << (pid & 63)) if on else value & ~(1 << (pid & 63))
+        bits[word] = bits.Leaf(value)
 
     def targets(self) -> set[int]:
         return {k.value for k in self.bpf[b"targets"].keys()}
