@@ -67,6 +67,19 @@ def alive(pid: int) -> bool:
         return False
 
 
+def _pid_written(path: Path, timeout_s: float = 10) -> int:
+    """The pid sh writes after starting its background job (which may print before that):
+    complete once echo's newline is there."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        raw = path.read_text() if path.exists() else ""
+        if raw.endswith("\n"):
+            return int(raw)
+        if time.monotonic() > deadline:
+            raise AssertionError(f"sh did not write the child's pid to {path}: {raw!r}")
+        time.sleep(0.01)
+
+
 def test_stop_kills_a_group_that_ignores_sigterm(tmp_path):
     """SIGTERM, then SIGKILL of the whole group after the timeout; the log is complete."""
     script = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('up', flush=True); time.sleep(60)"
@@ -76,7 +89,7 @@ def test_stop_kills_a_group_that_ignores_sigterm(tmp_path):
     sut = LaunchedSut(cmd, dict(os.environ), tmp_path / "sut.log", on_line=lambda l: seen.set())
     sut.release()
     assert seen.wait(10), "the child never printed"
-    child = int(marker.read_text())
+    child = _pid_written(marker)
     t0 = time.monotonic()
     sut.stop(timeout_s=0.5)
     assert time.monotonic() - t0 < 5
