@@ -73,6 +73,11 @@ WHOLE_TRIAL = 2048
 WHOLE_MAX = 1 << 14  # distinct whole values kept per field
 # Ints worth sharing: CPython already shares -5..256; ports and status codes fit below this.
 INT_MAX = 1 << 16
+# Distinct strings, ints and header lists kept for sharing: values that repeat show up early;
+# past this, values are only looked up, so per-request values (a client connection, a body
+# with an order id) no longer grow a table that, at a million requests, fell out of the
+# CPU cache and made every lookup slow.
+TABLE_MAX = 1 << 16
 
 
 class _Whole:
@@ -111,8 +116,10 @@ class SharedValues:
         self._empty: dict[type, Any] = {list: [], dict: {}}  # one empty list and dict
 
     def share(self, records: list[dict[str, Any]]) -> None:
-        shared = self._table.setdefault
+        table = self._table  # full: values only looked up (get(v, v) is v when not shared)
+        shared = table.setdefault if len(table) < TABLE_MAX else table.get
         lists, singles, empty = self._lists, self._singles, self._empty
+        room = len(singles) + len(lists) < TABLE_MAX
         top, nested = self.top, self.nested
         whole = [w for w in self._whole if w.active]
         for d in records:
@@ -153,13 +160,17 @@ class SharedValues:
                             found = singles.get(v[0])
                             if found is None:
                                 x = shared(v[0], v[0])
-                                found = singles[x] = [x]
+                                found = [x]
+                                if room:
+                                    singles[x] = found
                             inner[k] = found
                         elif all(type(x) is str for x in v):
                             key = tuple(v)
                             found = lists.get(key)
                             if found is None:
-                                found = lists[key] = [shared(x, x) for x in v]
+                                found = [shared(x, x) for x in v]
+                                if room:
+                                    lists[key] = found
                             inner[k] = found
                         else:
                             inner[k] = [shared(x, x) if type(x) is str else x for x in v]

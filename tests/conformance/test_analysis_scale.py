@@ -83,6 +83,20 @@ def test_a_field_whose_values_do_not_repeat_stops_being_tried(monkeypatch):
     assert later[0]["attributes"] == {"id": "r1"}
 
 
+def test_a_full_table_still_shares_what_it_holds_but_takes_nothing_new(monkeypatch):
+    monkeypatch.setattr(jsonl, "TABLE_MAX", 2)
+    shared = jsonl.SharedValues(("conn",), ("headers",))
+    first = [{"conn": f"c{i}", "headers": {"host": [f"h{i}"]}} for i in range(3)]
+    shared.share(first)  # the table fills up within the chunk
+    later = [{"conn": "c0", "headers": {"host": ["h0"]}},
+             {"conn": "c9", "headers": {"host": ["h9"]}}]
+    shared.share(later)
+    assert later[0]["conn"] is first[0]["conn"] and later[0]["headers"]["host"] is \
+        first[0]["headers"]["host"]
+    assert "c9" not in shared._table and "h9" not in shared._singles
+    assert later[1] == {"conn": "c9", "headers": {"host": ["h9"]}}
+
+
 def test_empty_join_lists_are_shared_and_read_only(tmp_path):
     ev = _load(tmp_path, kernel=[_kernel(0)])  # a request without a span
     (r,) = join(ev).requests
