@@ -1,5 +1,5 @@
 """The human summary of a report: verdict first, one line per check, key figures; every
-line fits in 80 columns."""
+line fits in 80 columns but the report's path, which is printed whole to be copied."""
 
 from __future__ import annotations
 
@@ -77,7 +77,8 @@ def render_summary(report: dict[str, Any], report_path: Path | str | None = None
     if d["samples"]:
         lines.append(f"latency drift (us): p50 {_num(d['p50'])} p90 {_num(d['p90'])} "
                      f"p99 {_num(d['p99'])} max {_num(d['max'])} ({d['samples']} requests)")
+    lines = [_fit(line) for line in lines]
     if report_path is not None:
-        lines.append(f"report: {report_path}")
+        lines.append(f"report: {report_path}")  # never cut: a cut path is no path
     lines.append("not an official CNCF certification; see the report's disclaimer")
-    return "\n".join(_fit(line) for line in lines) + "\n"
+    return "\n".join(lines) + "\n"

@@ -235,12 +235,15 @@ def test_junit_has_one_suite_per_category_and_one_case_per_check(report):
     assert int(root.get("skipped")) == sum(c["status"] == "skip" for c in report["checks"])
 
 
-def test_summary_starts_with_the_verdict_and_fits_80_columns(report):
+def test_summary_starts_with_the_verdict_and_fits_80_columns_but_the_path(report):
     report["checks"][0]["message"] = "x" * 300  # long messages are cut, not wrapped
-    text = render_summary(report, report_path="/very/long/" + "d" * 100 + "/report.json")
+    path = "/very/long/" + "d" * 100 + "/report.json"
+    text = render_summary(report, report_path=path)
     lines = text.splitlines()
     assert lines[0].startswith("obsconform: NON-COMPLIANT (errortrace 0.4)")
-    assert all(len(line) <= 80 for line in lines), [l for l in lines if len(l) > 80]
+    assert f"report: {path}" in lines, "the report's path is printed whole, to be copied"
+    assert all(len(line) <= 80 for line in lines if not line.startswith("report: ")), \
+        [l for l in lines if len(l) > 80]
     assert any(line.startswith("  FAIL   KT-001 MUST") for line in lines)
     assert any(line.startswith("span loss: 1 of 20") for line in lines)
     assert any(line.startswith("latency drift (us): p50 200") for line in lines)
