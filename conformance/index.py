@@ -32,6 +32,17 @@ def empty() -> list[Any]:
     return EMPTY
 
 
+def put_one_or_many(index: dict[Any, Any], key: Any, value: Any) -> None:
+    """index[key] holds one value, or a list once a second one comes: most keys have one, and
+    a million one-item lists cost more than the work they index. Readers test for a list."""
+    prev = index.setdefault(key, value)
+    if prev is not value:
+        if type(prev) is list:
+            prev.append(value)
+        else:
+            index[key] = [prev, value]
+
+
 def appended(items: list[Any], item: Any) -> list[Any]:
     """``items`` with ``item`` appended: a new list in place of the shared EMPTY."""
     if items is EMPTY:

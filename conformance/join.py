@@ -23,7 +23,7 @@ from typing import Any
 from agent.evidence import AGENT_USER_AGENT, DriverRecord, Evidence, KernelRequest, Span
 from agent.tracecontext import TraceParent, parse_traceparent
 from conformance.httpsem import route_matches, span_method, span_path, span_route
-from conformance.index import EMPTY, SpanIndex, appended, empty, index_spans
+from conformance.index import EMPTY, SpanIndex, appended, empty, index_spans, put_one_or_many
 
 JOIN_TRACEPARENT = "traceparent"
 JOIN_HEURISTIC = "heuristic"
@@ -178,12 +178,7 @@ def _by_key(requests: list[JoinedRequest], keys: list[tuple[str, str] | None]
     reqs_by_key: dict[tuple[str, str], Any] = {}
     for r, key in zip(requests, keys):
         if key is not None:
-            prev = reqs_by_key.setdefault(key, r)
-            if prev is not r:
-                if type(prev) is list:
-                    prev.append(r)
-                else:
-                    reqs_by_key[key] = [prev, r]
+            put_one_or_many(reqs_by_key, key, r)
     return reqs_by_key
 
 
@@ -312,13 +307,7 @@ def _join_driver(requests: list[JoinedRequest], driver: list[DriverRecord],
         if not d.trace_id:
             rest.append(d)
             continue
-        key = (d.trace_id, d.parent_id)
-        prev = by_key.setdefault(key, d)
-        if prev is not d:
-            if type(prev) is list:
-                prev.append(d)
-            else:
-                by_key[key] = [prev, d]
+        put_one_or_many(by_key, (d.trace_id, d.parent_id), d)
     pending: list[JoinedRequest] = []
     for r in requests:
         key = _driver_key(r)

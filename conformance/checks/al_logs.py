@@ -9,6 +9,7 @@ from operator import attrgetter
 from typing import Any
 
 from agent.evidence import LogRecord
+from conformance.index import put_one_or_many
 from conformance.model import Finding
 from conformance.registry import CheckContext, check
 from conformance.view import RequestView, view_of
@@ -70,12 +71,7 @@ def _owners(windows: list[_Window]) -> dict[str, Any]:
     owners: dict[str, Any] = {}
     for w in windows:
         for t in w.traces:
-            prev = owners.setdefault(t, w)
-            if prev is not w:
-                if type(prev) is list:
-                    prev.append(w)
-                else:
-                    owners[t] = [prev, w]
+            put_one_or_many(owners, t, w)
     return owners
 
 

@@ -8,6 +8,7 @@ from typing import Any
 
 from agent.evidence import Span
 from conformance.checks.tc import hex_windows
+from conformance.index import put_one_or_many
 from conformance.model import Finding
 from conformance.registry import CheckContext, check
 from conformance.view import view_of
@@ -41,17 +42,6 @@ def _cycles(spans: dict[str, Span]) -> list[Span]:
     return looped
 
 
-def _add(index: dict[str, Any], key: str, value: str) -> None:
-    """index[key] holds one value, or a list once a second one comes (most keys have one:
-    a million one-item lists cost more than judging the traces)."""
-    prev = index.setdefault(key, value)
-    if prev is not value:
-        if type(prev) is list:
-            prev.append(value)
-        else:
-            index[key] = [prev, value]
-
-
 def _values(index: dict[str, Any], key: str) -> list[str]:
     found = index.get(key)
     return [] if found is None else found if type(found) is list else [found]
@@ -70,7 +60,7 @@ def _sent_values(view: Any) -> dict[str, Any]:
         # SUT wrongly accepted: TC-003's business) has a remote parent, not a lost one.
         if sent := r.driver.request_headers.get("traceparent", ""):
             for s in r.spans:
-                _add(sent_values, s.trace_id, sent)
+                put_one_or_many(sent_values, s.trace_id, sent)
     return sent_values
 
 
@@ -79,7 +69,7 @@ def _sent_parents(view: Any) -> dict[str, Any]:
     sent_parents: dict[str, Any] = {}
     for r in view.requests:
         if r.driver.trace_id:
-            _add(sent_parents, r.driver.trace_id, r.driver.parent_id)
+            put_one_or_many(sent_parents, r.driver.trace_id, r.driver.parent_id)
     return sent_parents
 
 
