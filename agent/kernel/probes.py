@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -30,7 +31,18 @@ from agent.kernel.events import COUNTER_NAMES, CTR_NUM
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-BPF_DIR = Path(os.environ.get("OBSCONFORM_BPF_DIR") or Path(__file__).resolve().parents[2] / "bpf")
+
+def _bpf_dir() -> Path:
+    """Where the BPF C sources are: $OBSCONFORM_BPF_DIR, the checkout's bpf/ (editable
+    install, as make does), or what a wheel installed under <prefix>/share/obsconform/bpf."""
+    if os.environ.get("OBSCONFORM_BPF_DIR"):
+        return Path(os.environ["OBSCONFORM_BPF_DIR"])
+    checkout = Path(__file__).resolve().parents[2] / "bpf"
+    installed = Path(sys.prefix) / "share" / "obsconform" / "bpf"
+    return checkout if checkout.is_dir() or not installed.is_dir() else installed
+
+
+BPF_DIR = _bpf_dir()
 PROGRAM_FILE = BPF_DIR / "http_trace.bpf.c"
 HEADER_FILE = BPF_DIR / "http_event.h"
 SOURCE_FILES = (HEADER_FILE, BPF_DIR / "http_bytes.h", BPF_DIR / "http_data.h", PROGRAM_FILE)  # reading order
