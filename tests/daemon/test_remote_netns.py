@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
-from pyroute2 import IPRoute, NetNS, netns
+from pyroute2 import IPRoute, NetNS
 
 from conformance import validate_report
 from tests.daemon.conftest import ROOT, in_netns, start_target
@@ -52,19 +52,28 @@ def _configure(ns: str, ifname: str, address: str) -> None:
         n.link("set", index=n.link_lookup(ifname="lo")[0], state="up")
 
 
+def _ip_netns(*args: str) -> None:
+    """`ip netns add|del NAME`: iproute2 makes and removes the namespace files synchronously.
+    pyroute2 0.9.7's netns.create ran in a child process and once left no file behind (a
+    fresh-clone run found neither namespace at teardown, and the veth end unseen for 5 s)."""
+    r = subprocess.run(["ip", "netns", *args], capture_output=True, text=True, timeout=30)
+    if r.returncode != 0:
+        raise AssertionError(f"ip netns {' '.join(args)}: {r.stderr.strip()}")
+
+
 @contextlib.contextmanager
 def veth_hosts() -> Iterator[Hosts]:
-    """Two namespaces joined by a veth pair whose ends are created inside them by one netlink
-    request (no move between namespaces for a later lookup to race with); both namespaces are
-    removed on the way out, which deletes the pair with them."""
+    """Two namespaces joined by a veth pair whose ends pyroute2 creates inside them by one
+    netlink request (no move between namespaces for a later lookup to race with) and
+    configures there; both namespaces are removed on the way out, which deletes the pair."""
     tag = secrets.token_hex(3)
     agent_ns, ci_ns = f"obsc-agent-{tag}", f"obsc-ci-{tag}"
     subnet = f"10.{200 + secrets.randbelow(50)}.{secrets.randbelow(250)}"
     veth_a, veth_c = f"oca{tag}", f"occ{tag}"
     with contextlib.ExitStack() as cleanup:  # every callback runs, even if one raises
         for ns in (agent_ns, ci_ns):
-            netns.create(ns)
-            cleanup.callback(netns.remove, ns)
+            _ip_netns("add", ns)
+            cleanup.callback(_ip_netns, "del", ns)
         with IPRoute() as ip:
             ip.link("add", ifname=veth_a, kind="veth", net_ns_fd=agent_ns,
                     peer={"ifname": veth_c, "net_ns_fd": ci_ns})
