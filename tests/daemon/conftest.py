@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from pyroute2.netns import NETNS_RUN_DIR
 
 from agent.remote import AgentClient
 
@@ -24,10 +23,9 @@ ENDED = ("done", "failed", "aborted", "cancelled")
 
 
 def in_netns(name: str) -> list[str]:
-    """Command prefix that enters only the network namespace ``name`` (made by
-    pyroute2.netns.create, which binds it under NETNS_RUN_DIR). `ip netns exec` would also
-    remount /sys, which hides tracefs and the cgroup tree the daemon needs."""
-    return ["nsenter", f"--net={NETNS_RUN_DIR}/{name}", "--"]
+    """Command prefix that enters only the network namespace ``name``. (`ip netns exec` also
+    remounts /sys, which hides tracefs and the cgroup tree the daemon needs.)"""
+    return ["nsenter", f"--net=/run/netns/{name}", "--"]
 
 
 def read_line(proc: subprocess.Popen, timeout_s: float) -> str:

@@ -1,9 +1,8 @@
 """`obsconform run --agent` from a "CI host" to a daemon on a "test host": two network namespaces
-joined by a veth pair (pyroute2), addresses that exist only inside them, removed afterwards."""
+joined by a veth pair (iproute2), addresses that exist only inside them, removed afterwards."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import secrets
@@ -12,10 +11,8 @@ import sys
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import pytest
-from pyroute2 import IPRoute, NetNS
 
 from conformance import validate_report
 from tests.daemon.conftest import ROOT, in_netns, start_target
@@ -36,56 +33,32 @@ class Hosts:
                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
 
-LINK_TIMEOUT_S = 5.0
-
-
-def _configure(ns: str, ifname: str, address: str) -> None:
-    """Inside ``ns``: ``address``/30 on ``ifname``, it and lo up. flags=0: a wrong name is an
-    error, never a new empty namespace."""
-    with NetNS(ns, flags=0) as n:
-        try:  # created there by the one request: found at once; the deadline only bounds a bug
-            (link,) = n.poll(n.link, "dump", timeout=LINK_TIMEOUT_S, interval=0.02, ifname=ifname)
-        except TimeoutError:
-            raise AssertionError(f"{ifname} not in namespace {ns} after {LINK_TIMEOUT_S} s") from None
-        n.addr("add", index=link["index"], address=address, prefixlen=30)
-        n.link("set", index=link["index"], state="up")
-        n.link("set", index=n.link_lookup(ifname="lo")[0], state="up")
-
-
-def _ip_netns(*args: str) -> None:
-    """`ip netns add|del NAME`: iproute2 makes and removes the namespace files synchronously.
-    pyroute2 0.9.7's netns.create ran in a child process and once left no file behind (a
-    fresh-clone run found neither namespace at teardown, and the veth end unseen for 5 s)."""
-    r = subprocess.run(["ip", "netns", *args], capture_output=True, text=True, timeout=30)
+def _ip(*args: str) -> None:
+    """One iproute2 command: synchronous, so a link moved into a namespace is there when it
+    returns (pyroute2's move and lookup raced: a moved veth end was not seen for 5 s)."""
+    r = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=30)
     if r.returncode != 0:
-        raise AssertionError(f"ip netns {' '.join(args)}: {r.stderr.strip()}")
-
-
-@contextlib.contextmanager
-def veth_hosts() -> Iterator[Hosts]:
-    """Two namespaces joined by a veth pair whose ends pyroute2 creates inside them by one
-    netlink request (no move between namespaces for a later lookup to race with) and
-    configures there; both namespaces are removed on the way out, which deletes the pair."""
-    tag = secrets.token_hex(3)
-    agent_ns, ci_ns = f"obsc-agent-{tag}", f"obsc-ci-{tag}"
-    subnet = f"10.{200 + secrets.randbelow(50)}.{secrets.randbelow(250)}"
-    veth_a, veth_c = f"oca{tag}", f"occ{tag}"
-    with contextlib.ExitStack() as cleanup:  # every callback runs, even if one raises
-        for ns in (agent_ns, ci_ns):
-            _ip_netns("add", ns)
-            cleanup.callback(_ip_netns, "del", ns)
-        with IPRoute() as ip:
-            ip.link("add", ifname=veth_a, kind="veth", net_ns_fd=agent_ns,
-                    peer={"ifname": veth_c, "net_ns_fd": ci_ns})
-        _configure(agent_ns, veth_a, f"{subnet}.1")
-        _configure(ci_ns, veth_c, f"{subnet}.2")
-        yield Hosts(agent_ns, ci_ns, f"{subnet}.1")
+        raise AssertionError(f"ip {' '.join(args)}: {r.stderr.strip()}")
 
 
 @pytest.fixture
 def hosts():
-    with veth_hosts() as h:
-        yield h
+    tag = secrets.token_hex(3)
+    agent_ns, ci_ns = f"obsc-agent-{tag}", f"obsc-ci-{tag}"
+    subnet = f"10.{200 + secrets.randbelow(50)}.{secrets.randbelow(250)}"
+    veth_a, veth_c = f"oca{tag}", f"occ{tag}"
+    try:
+        _ip("netns", "add", agent_ns)
+        _ip("netns", "add", ci_ns)
+        _ip("link", "add", veth_a, "netns", agent_ns, "type", "veth", "peer", "name", veth_c, "netns", ci_ns)
+        for ns, ifname, addr in ((agent_ns, veth_a, f"{subnet}.1"), (ci_ns, veth_c, f"{subnet}.2")):
+            _ip("-n", ns, "addr", "add", f"{addr}/30", "dev", ifname)
+            _ip("-n", ns, "link", "set", ifname, "up")
+            _ip("-n", ns, "link", "set", "lo", "up")
+        yield Hosts(agent_ns, ci_ns, f"{subnet}.1")
+    finally:
+        for ns in (agent_ns, ci_ns):  # removing a namespace deletes its end of the veth pair too
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=30)
 
 
 @pytest.fixture
