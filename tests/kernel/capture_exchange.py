@@ -21,6 +21,8 @@ import socket
 import string
 import sys
 
+from loopback import tcp_pair
+
 shape, total, with_body = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1"
 BODY = b"ping" if with_body else b""
 CUTS = {"buf": [], "iov": [60, 8], "msg": [64]}[shape]
@@ -69,15 +71,11 @@ method, extra = ("POST", "Host: x\r\nContent-Length: 4\r\n") if with_body else (
 request, pad = message(f"{method} /c HTTP/1.1", extra)
 response, _ = message("HTTP/1.1 200 OK", f"Content-Length: {len(BODY)}\r\n")
 sys.stdin.readline()
-listener = socket.create_server(("127.0.0.1", 0))
-client = socket.create_connection(listener.getsockname())
-server, _ = listener.accept()
-for s in (client, server):
-    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+client, server = tcp_pair()
 send_one(client, request)
 assert recv_one(server, len(request)) == request
 send_one(server, response)
 assert recv_one(client, len(response)) == response
-for s in (client, server, listener):
+for s in (client, server):
     s.close()
 print(pad, len(request), len(response), flush=True)

@@ -25,6 +25,8 @@ import socket
 import sys
 import tempfile
 
+from loopback import tcp_pair
+
 family, traceparent = sys.argv[1], sys.argv[2]
 req_lines = [f"POST /io/{family} HTTP/1.1\r\n", "Host: x\r\n", f"traceparent: {traceparent}\r\n",
              "Content-Length: 4\r\n", "\r\n"]
@@ -105,16 +107,11 @@ def recv_exactly(sock: socket.socket, n: int) -> bytes:
 
 split_ready: list[bytes] = []
 sys.stdin.readline()
-listener = socket.create_server(("127.0.0.1", 0))
-client = socket.create_connection(listener.getsockname())
-server, _ = listener.accept()
-for s in (client, server):
-    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+client, server = tcp_pair()
 send(client, req_head, req_body)
 assert recv_exactly(server, len(req_head) + len(req_body)).endswith(req_body)
 send(server, resp_head, resp_body, with_file=True)
 assert recv_exactly(client, len(resp_head) + len(resp_body)).endswith(resp_body)
 for s in (client, server):
     s.close()
-listener.close()
 print(len(req_head) + len(req_body), len(resp_head) + len(resp_body), flush=True)
