@@ -28,15 +28,10 @@ from pathlib import Path
 
 from agent.evidence import load_evidence
 from agent.runner import RunConfig, run
+from tests.ports import free_port
 
 DELAYS_MS = [0, 1, 5, 20]
 GOAL_US = 50.0
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def load_phase_drifts_us(run_dir: Path) -> list[float]:
@@ -55,7 +50,7 @@ def load_phase_drifts_us(run_dir: Path) -> list[float]:
 
 
 def drift_run(delay_ms: int, requests: int, out_dir: Path) -> dict:
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     cfg = RunConfig(url=url, exec_cmd=f"{sys.executable} -m examples.refservice --port {port}",
                     metrics_url=f"{url}/metrics", paths=["/items/1"], requests=requests, concurrency=1,

@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from agent.evidence import load_evidence
 from agent.runner import RunConfig, run
-from tests.bench.rate import _free_port
+from tests.ports import free_port
 
 DROPPED = "refservice_fault_dropped_spans"
 
@@ -41,7 +41,7 @@ def _service_dropped(run_dir: Path) -> int:
 
 
 def measure(requests: int = 100_000, every: int = 100, concurrency: int = 8) -> dict:
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     old = os.environ.get("FAULT_DROP_SPANS")
     os.environ["FAULT_DROP_SPANS"] = f"every:{every}"

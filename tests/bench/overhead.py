@@ -30,7 +30,8 @@ from typing import Iterator
 
 from agent.kernel import KernelCollector
 from agent.otlp import OtlpReceiver
-from tests.bench.rate import NGINX_CONF, PACE_LUA, _children, _free_port, _listening
+from tests.bench.rate import NGINX_CONF, PACE_LUA, _children, _listening
+from tests.ports import free_port
 
 GOALS = {"nginx": 0.95, "refservice": 0.98}  # throughput ratio, from issue 6
 _UNIT_S = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}
@@ -125,7 +126,7 @@ def nginx_server() -> Iterator[tuple[str, int]]:
     if not shutil.which("nginx"):
         raise RuntimeError("nginx is not installed: run `scripts/setup-host.sh bench`")
     with tempfile.TemporaryDirectory(prefix="obsconform-bench-") as d:
-        port = _free_port()
+        port = free_port()
         conf = Path(d) / "nginx.conf"
         conf.write_text(NGINX_CONF.format(workers=1, dir=d, port=port))
         with _serving(["nginx", "-c", str(conf), "-p", d], port, "nginx", f"http://127.0.0.1:{port}/",
@@ -136,7 +137,7 @@ def nginx_server() -> Iterator[tuple[str, int]]:
 @contextmanager
 def refservice() -> Iterator[tuple[str, int]]:
     with OtlpReceiver(None) as otlp:
-        port = _free_port()
+        port = free_port()
         env = {**os.environ, "OTEL_EXPORTER_OTLP_ENDPOINT": otlp.endpoint,
                "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf", "OTEL_SERVICE_NAME": "refservice"}
         env = {k: v for k, v in env.items() if not k.startswith("FAULT_")}

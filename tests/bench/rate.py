@@ -24,6 +24,7 @@ from pathlib import Path
 
 from agent.kernel import KernelCollector
 from tests.kernel.bench_kernel import enable_run_time_stats
+from tests.ports import free_port
 
 NGINX_CONF = """
 daemon off; master_process on; worker_processes {workers};
@@ -40,12 +41,6 @@ FULL_SPEED_CONNS = 16
 PACED_CONNS = [8, 16, 32, 40, 48, 64, 96]  # ~1 request per ms per connection
 PACE_LUA = "function delay()\n  return 1\nend\n"
 _WRK_TOTAL = re.compile(r"(\d+) requests in ([\d.]+)(ms|s|m)")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _children(pid: int) -> list[int]:
@@ -105,7 +100,7 @@ def measure(seconds: int = 3, workers: int = 1) -> dict:
         if not shutil.which(tool):
             raise RuntimeError(f"{tool} is not installed: run `scripts/setup-host.sh bench`")
     with tempfile.TemporaryDirectory(prefix="obsconform-bench-") as d:
-        port = _free_port()
+        port = free_port()
         conf = Path(d) / "nginx.conf"
         conf.write_text(NGINX_CONF.format(workers=workers, dir=d, port=port))
         nginx = subprocess.Popen(["nginx", "-c", str(conf), "-p", d], stderr=subprocess.DEVNULL)

@@ -16,14 +16,14 @@ import sys
 import time
 from pathlib import Path
 
-from tests.bench.rate import _free_port
+from tests.ports import free_port
 
 _ATTACHED = re.compile(r"eBPF probes attached in ([\d.]+)s \(compile ([\d.]+)s\)")
 CLI = Path(sys.executable).with_name("obsconform")
 
 
 def once(tmp: Path) -> dict:
-    port = _free_port()
+    port = free_port()
     argv = [str(CLI), "-v", "run", "--exec", f"{sys.executable} -m http.server --bind 127.0.0.1 {port}",
             "--url", f"http://127.0.0.1:{port}", "--out", str(tmp), "-n", "1"]
     t0 = time.monotonic()

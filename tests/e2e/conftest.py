@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.ports import free_port  # noqa: F401  (re-exported to the e2e, daemon and phase tests)
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -24,7 +26,10 @@ class CliResult:
 
     @property
     def report(self) -> dict:
-        return json.loads((self.out_dir / "CNCF-compliance-report.json").read_text())
+        path = self.out_dir / "CNCF-compliance-report.json"
+        # A run that wrote no report must say why in the failure, not only that the file is absent.
+        assert path.exists(), f"no report (exit {self.code})\nstdout:\n{self.stdout}\nstderr:\n{self.stderr}"
+        return json.loads(path.read_text())
 
     def check(self, check_id: str) -> dict:
         return next(c for c in self.report["checks"] if c["id"] == check_id)
@@ -33,11 +38,6 @@ class CliResult:
     def run_dir(self) -> Path:
         return Path(self.report["run"]["evidence_dir"])
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture

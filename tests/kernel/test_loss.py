@@ -5,7 +5,6 @@ real `obsconform run` with such a ring makes kernel-truth checks inconclusive (e
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -15,15 +14,10 @@ import pytest
 from agent.kernel import KernelCollector
 from tests.kernel.bench_kernel import LOOP
 from tests.kernel.conftest import SERVER_SCRIPT
+from tests.ports import free_port
 
 pytestmark = pytest.mark.kernel
 REPO = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_ring_buffer_overflow_is_counted_record_for_record(kernel_ok):

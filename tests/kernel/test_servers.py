@@ -20,19 +20,12 @@ import pytest
 
 from agent.tracecontext import new_traceparent
 from tests.kernel.conftest import Sent, kernel_requests, send_load, wait_for
+from tests.ports import free_port
 
 pytestmark = pytest.mark.kernel
 REPO = Path(__file__).resolve().parents[2]
 AIO_SERVER = Path(__file__).with_name("aio_server.py")
 CLIENTS = 16
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def children(pid: int) -> set[int]:

@@ -7,7 +7,6 @@ import json
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -16,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tests.ports import free_port  # noqa: F401  (re-exported to the refservice tests)
+
 from .stubs import Recorder
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -23,12 +24,6 @@ START_TIMEOUT_S = 20.0
 STOP_TIMEOUT_S = 20.0
 # Variables the service reads: cleared so the caller's environment cannot leak into a test.
 _SCRUBBED_PREFIXES = ("OTEL_", "FAULT_", "OBSCONFORM_", "PROMETHEUS_MULTIPROC_DIR", "PORT")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def new_traceparent() -> tuple[str, str, str]:
