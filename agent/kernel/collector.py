@@ -10,17 +10,18 @@ import os
 import signal
 import threading
 import time
-from collections import Counter, deque
+from collections import Counter
 from typing import Iterator
 
 from agent.evidence import EvidenceWriter, KernelRequest
 from agent.kernel import stats as kstats
 from agent.kernel.assembler import Assembler
+from agent.kernel.backlog import Backlog
 from agent.kernel.cgroups import cgroup_pids
 from agent.kernel.clock import ClockMap, measure
 from agent.kernel.events import CTR_RINGBUF_DROPS, RecordError, decode
 from agent.kernel.inflight import Primer
-from agent.kernel.pacing import IdleBudget
+from agent.kernel.pacing import QUIET_GAP_S, IdleBudget
 from agent.kernel.ringbuf import RingReader, records
 from agent.kernel.probes import (
     DEFAULT_CAPTURE_BYTES, DEFAULT_MAP_ENTRIES, DEFAULT_RINGBUF_PAGES, ProbeConfig, Probes,
@@ -81,9 +82,8 @@ class KernelCollector:
         self._ring: RingReader | None = None
         self._pacing = IdleBudget(BACKLOG_SOFT_BYTES)
         # Chunks copied out of the ring, not assembled yet; the first one is being assembled.
-        self._backlog: deque[tuple[bytes, int]] = deque()
+        self._backlog = Backlog()
         self._current: Iterator[memoryview] | None = None  # records left in the first chunk
-        self._backlog_bytes = self._backlog_records = 0
         self._backlog_peak = self._backlog_bytes_peak = 0
         self._last_take = self._drain_gap_max = self._last_record = 0.0
         self._since_freeze = 0
@@ -110,6 +110,8 @@ class KernelCollector:
                 self._primer.settle()
             events = self._probes.bpf[b"events"]
             self._ring = RingReader(events.map_fd, self.config.ringbuf_pages * mmap.PAGESIZE)
+            while self._backlog.top_up():  # ~50 ms: the first load's records land in touched memory
+                pass
             self._thread = threading.Thread(target=self._poll_loop, name="obsconform-kernel", daemon=True)
             self._thread.start()
         except BaseException:
@@ -140,6 +142,8 @@ class KernelCollector:
                 self._probes.unload()
             if self._ring is not None:
                 self._ring.close()
+            self._current = None
+            self._backlog.close()
         self._pacing.close()
         self._restore_sigterm()
         atexit.unregister(self.stop)
@@ -209,17 +213,15 @@ class KernelCollector:
     # --- records ----------------------------------------------------------------------------
 
     def _take(self) -> int:
-        """Copy every committed record out of the ring (one slice); returns how many."""
-        if self._backlog_bytes >= BACKLOG_HARD_BYTES:
+        """Copy every committed record out of the ring into the backlog; returns how many."""
+        backlog = self._backlog
+        if backlog.bytes >= BACKLOG_HARD_BYTES:
             return 0  # the ring fills and the kernel counts what it drops
-        chunk, n = self._ring.take()
+        n = backlog.copy_from(self._ring)
         if n:
-            self._backlog.append((chunk, n))
-            self._backlog_bytes += len(chunk)
-            self._backlog_records += n
             self._user["received"] += n
-            self._backlog_peak = max(self._backlog_peak, self._backlog_records)
-            self._backlog_bytes_peak = max(self._backlog_bytes_peak, self._backlog_bytes)
+            self._backlog_peak = max(self._backlog_peak, backlog.records)
+            self._backlog_bytes_peak = max(self._backlog_bytes_peak, backlog.bytes)
         return n
 
     def _assemble(self, budget_s: float | None = None) -> None:
@@ -229,7 +231,7 @@ class KernelCollector:
         n = 0
         while backlog:
             if self._current is None:
-                self._current = records(backlog[0][0])
+                self._current = records(backlog.first()[0])
             for raw in self._current:
                 try:
                     feed(decode(raw))
@@ -243,10 +245,8 @@ class KernelCollector:
                 if deadline is not None and not n & 63 and time.monotonic() >= deadline:
                     break
             else:  # the first chunk is done
-                chunk, count = backlog.popleft()
-                self._current = None
-                self._backlog_bytes -= len(chunk)
-                self._backlog_records -= count
+                self._current = raw = None  # no view of it may outlive it
+                backlog.pop()
                 continue
             break  # out of time inside a chunk
         self._since_freeze += n
@@ -278,12 +278,14 @@ class KernelCollector:
                     self._last_take = now
                     if self._take():
                         self._last_record = now
-                    grant = pacing.budget(self._backlog_bytes, now - self._last_record) if self._backlog else 0.0
+                    grant = pacing.budget(self._backlog.bytes, now - self._last_record) if self._backlog else 0.0
                     if grant > 0.0:
                         t0 = time.monotonic()
                         self._assemble(grant)
                         pacing.spent(time.monotonic() - t0)
                     self._sample_clock()
+                    if not self._backlog and now - self._last_record >= QUIET_GAP_S:
+                        self._backlog.top_up()  # nothing waits: pre-touch memory for the next load
                     # With records waiting and CPU granted, go on at once; otherwise wait.
                     idle_wait = not (self._backlog and grant > 0.0)
             except Exception as e:
@@ -310,7 +312,7 @@ class KernelCollector:
             if self._probes is None or self._probes.bpf is None:
                 return 0
             while True:
-                full = self._backlog_bytes >= BACKLOG_HARD_BYTES  # _take() skips the ring
+                full = self._backlog.bytes >= BACKLOG_HARD_BYTES  # _take() skips the ring
                 got = self._take()
                 self._assemble()
                 total += got
@@ -366,6 +368,7 @@ class KernelCollector:
             if self._ring is not None:
                 self._user["ring_fill_peak_bytes"] = self._ring.fill_peak
             self._user["assembly_forced_slices"] = self._pacing.forced
+            self._user["backlog_arenas_mapped"] = self._backlog.arenas_made
             out = kstats.compose(kernel, per_cpu, self._user, self._assembler.stats,
                                  self._assembler.blind_samples,
                                  self._primer.stats if self._primer else {}, self.config.sizes())

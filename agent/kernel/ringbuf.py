@@ -30,7 +30,8 @@ _U32 = struct.Struct("<I").unpack_from  # for copied chunks only: see RingReader
 
 
 class RingReader:
-    """Reader of one BPF_MAP_TYPE_RINGBUF map: ``chunk, n = reader.take()``."""
+    """Reader of one BPF_MAP_TYPE_RINGBUF map: ``chunk, n = reader.take()``, or
+    ``view, n, cut = reader.peek()``, copy, ``reader.release(len(view))``."""
 
     def __init__(self, map_fd: int, data_size: int) -> None:
         page = mmap.PAGESIZE
@@ -68,33 +69,49 @@ class RingReader:
         """Bytes written by producers and not consumed yet (committed or not)."""
         return self._prod[0] - self._pos
 
-    def take(self, max_bytes: int | None = None) -> tuple[bytes, int]:
-        """Copy out the committed records (up to about ``max_bytes``) and release their space.
+    def peek(self, max_bytes: int | None = None) -> tuple[memoryview, int, bool]:
+        """The committed records from the consumer position on, not released yet.
 
-        Returns the chunk (headers included; see ``records``) and its record count. Stops at
-        the first record still being written: records are committed out of order across CPUs
-        but consumed in order."""
+        Returns a view of them in the ring (headers included; see ``records``), their count,
+        and whether ``max_bytes`` cut the run short (more committed records follow). Stops
+        at the first record still being written: records are committed out of order across
+        CPUs but consumed in order. The view is valid until ``release``."""
         start = pos = self._pos
         end = self._prod[0]  # x86-64 loads are acquire loads
         self.fill_peak = max(self.fill_peak, end - start)
-        if max_bytes is not None:
-            end = min(end, start + max_bytes)
-        hdrs, mask, n = self._hdrs, self._mask, 0
+        limit = end if max_bytes is None else start + max_bytes
+        hdrs, mask, n, cut = self._hdrs, self._mask, 0, False
         while pos < end:
             hdr = hdrs[(pos & mask) >> 2]
             if hdr & BUSY_BIT:
                 break
-            pos += ((hdr & LEN_MASK) + HDR_SIZE + 7) & ~7
+            nxt = pos + (((hdr & LEN_MASK) + HDR_SIZE + 7) & ~7)
+            if nxt > limit:
+                cut = True
+                break
+            pos = nxt
             n += 1
-        if pos == start:
-            return b"", 0
         off = start & mask
-        chunk = bytes(self._data[off:off + (pos - start)])  # contiguous: the data area is mapped twice
-        # Release only after the copy (program order; x86-64 does not reorder a store before
-        # earlier loads). The kernel may reuse the space from here on.
-        self._cons[0] = pos
-        self._pos = pos
-        self.max_chunk = max(self.max_chunk, len(chunk))
+        return self._data[off:off + (pos - start)], n, cut  # contiguous: the data area is mapped twice
+
+    def release(self, nbytes: int) -> None:
+        """Give ``nbytes`` (a peeked run, once copied) back to the kernel."""
+        if nbytes:
+            # Only after the copy (program order; x86-64 does not reorder a store before
+            # earlier loads). The kernel may reuse the space from here on.
+            self._pos += nbytes
+            self._cons[0] = self._pos
+            self.max_chunk = max(self.max_chunk, nbytes)
+
+    def take(self, max_bytes: int | None = None) -> tuple[bytes, int]:
+        """Copy out the committed records (up to ``max_bytes``) and release their space:
+        (chunk, record count)."""
+        view, n, _ = self.peek(max_bytes)
+        if not n:
+            return b"", 0
+        chunk = bytes(view)
+        view.release()
+        self.release(len(chunk))
         return chunk, n
 
     def close(self) -> None:

@@ -72,7 +72,8 @@ def headline(results: dict) -> dict:
     if "overhead" in results:
         out["1_overhead_on_target"] = {
             srv: {k: f[k] for k in ("throughput_ratio", "p99_ratio", "goal_throughput_ratio", "meets_goal",
-                                    "agent_cpu_s_per_100k") if k in f}
+                                    "agent_cpu_s_per_100k", "added_cpu_us_per_request",
+                                    "cpu_us_per_request_without") if k in f}
             for srv, f in results["overhead"].items() if isinstance(f, dict) and "throughput_ratio" in f}
     if "kernel" in results:
         k = results["kernel"]

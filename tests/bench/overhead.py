@@ -52,17 +52,43 @@ def wrk_latency(url: str, conns: int, seconds: int, script: Path | None = None) 
             "p99_us": float(p99[1]) * _UNIT_S[p99[2]] * 1e6}
 
 
+_HZ = os.sysconf("SC_CLK_TCK")
+
+
+def _tree_cpu_s(pid: int) -> float:
+    """CPU seconds of ``pid`` and its children (a server's master and workers)."""
+    total = 0.0
+    for p in [pid, *_children(pid)]:
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / _HZ  # utime, stime
+    return total
+
+
+def _loaded(url: str, pid: int, conns: int, seconds: int, script: Path | None) -> dict:
+    """One wrk run, plus the CPU the server, wrk and this process spent during it."""
+    server0, agent0, kids0 = _tree_cpu_s(pid), time.process_time(), os.times()
+    fig = wrk_latency(url, conns, seconds, script)
+    kids1 = os.times()
+    fig["server_cpu_s"] = _tree_cpu_s(pid) - server0
+    fig["agent_cpu_s_during"] = time.process_time() - agent0
+    fig["wrk_cpu_s"] = (kids1.children_user + kids1.children_system) - (kids0.children_user + kids0.children_system)
+    return fig
+
+
 def _arm(url: str, pid: int, conns: int, seconds: int, traced: bool, script: Path | None) -> dict:
     cpu0 = time.process_time()
     if not traced:
-        fig = wrk_latency(url, conns, seconds, script)
+        fig = _loaded(url, pid, conns, seconds, script)
         fig["cpu_s"] = time.process_time() - cpu0
         return fig
     with KernelCollector() as kc:
         kc.add_target(pid)
         before = kc.stats()
         cpu0 = time.process_time()  # after compile and attach
-        fig = wrk_latency(url, conns, seconds, script)
+        fig = _loaded(url, pid, conns, seconds, script)
         t0 = time.monotonic()
         kc.drain(timeout_s=300)
         fig["catch_up_s"] = round(time.monotonic() - t0, 3)
@@ -81,6 +107,10 @@ def compare(url: str, pid: int, conns: int, seconds: int, rounds: int, script: P
         order = (False, True) if i % 2 == 0 else (True, False)
         arms = {traced: _arm(url, pid, conns, seconds, traced, script) for traced in order}
         off, on = arms[False], arms[True]
+
+        def added_us(key: str) -> float:  # CPU µs per request the agent added to one party
+            return round((on[key] / on["requests"] - off[key] / off["requests"]) * 1e6, 3)
+
         rows.append({
             "round": i + 1, "order": "without,with" if i % 2 == 0 else "with,without",
             "rate_without": round(off["rate_per_s"]), "rate_with": round(on["rate_per_s"]),
@@ -91,6 +121,12 @@ def compare(url: str, pid: int, conns: int, seconds: int, rounds: int, script: P
                                           / on["requests"] * 100_000, 3),
             "wrk_requests_with": on["requests"], "kernel_requests": on["kernel_requests"],
             "agent_loss": on["agent_loss"], "catch_up_s": on["catch_up_s"],
+            # Where the lost throughput went, in CPU µs per request during the load: BPF in
+            # the server's syscalls; the tracepoints the load generator's own syscalls hit
+            # (they fire for every process and filter in the kernel); the agent's draining.
+            "added_cpu_us_per_request": {"server": added_us("server_cpu_s"), "load_generator": added_us("wrk_cpu_s"),
+                                         "agent": added_us("agent_cpu_s_during")},
+            "cpu_us_per_request_without": round((off["server_cpu_s"] + off["wrk_cpu_s"]) / off["requests"] * 1e6, 3),
         })
     return {
         "rounds": rows, "seconds_per_arm": seconds, "connections": conns,
@@ -98,6 +134,10 @@ def compare(url: str, pid: int, conns: int, seconds: int, rounds: int, script: P
         "p99_ratio": round(statistics.median(r["p99_ratio"] for r in rows), 3),
         "agent_cpu_s_per_100k": round(statistics.median(r["agent_cpu_s_per_100k"] for r in rows), 3),
         "agent_loss": sum(r["agent_loss"] for r in rows),
+        "added_cpu_us_per_request": {
+            party: round(statistics.median(r["added_cpu_us_per_request"][party] for r in rows), 3)
+            for party in ("server", "load_generator", "agent")},
+        "cpu_us_per_request_without": round(statistics.median(r["cpu_us_per_request_without"] for r in rows), 3),
     }
 
 
