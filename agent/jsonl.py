@@ -80,6 +80,18 @@ INT_MAX = 1 << 16
 TABLE_MAX = 1 << 16
 
 
+class CrossFile:
+    """Per-request strings shared across the files of one run directory: the trace-id of a
+    span is also in its log line and driver record, a traceparent in the kernel's and the
+    driver's headers. Kept only while a directory is read (it holds millions of entries)."""
+
+    __slots__ = ("strings", "lists")
+
+    def __init__(self) -> None:
+        self.strings: dict[str, str] = {}
+        self.lists: dict[str, list[str]] = {}  # traceparent → its one-value header list
+
+
 class _Whole:
     """Sharing state of one field whose whole value may repeat."""
 
@@ -106,9 +118,14 @@ class SharedValues:
     """
 
     def __init__(self, top: tuple[str, ...], nested: tuple[str, ...],
-                 whole: tuple[str, ...] = ()) -> None:
+                 whole: tuple[str, ...] = (), ids: tuple[str, ...] = (),
+                 across: CrossFile | None = None) -> None:
         self.top = top
         self.nested = nested
+        # Per-request strings that other files repeat (trace and span ids; the traceparent
+        # of a header dict in ``nested``), shared through ``across``.
+        self.ids = ids if across is not None else ()
+        self._across = across
         self._whole = [_Whole(name, name in nested) for name in whole]
         self._table: dict[Any, Any] = {}  # exact str and int values only (never bool)
         self._lists: dict[tuple[str, ...], list[str]] = {}  # strings → the shared list
@@ -122,11 +139,18 @@ class SharedValues:
         room = len(singles) + len(lists) < TABLE_MAX
         top, nested = self.top, self.nested
         whole = [w for w in self._whole if w.active]
+        ids, across = self.ids, self._across
+        if across is not None:
+            same, lists_get = across.strings.setdefault, across.lists.get
         for d in records:
             for name in top:
                 v = d.get(name)
                 if type(v) is str or type(v) is int:
                     d[name] = shared(v, v)
+            for name in ids:
+                v = d.get(name)
+                if type(v) is str and v:
+                    d[name] = same(v, v)
             done = None  # a whole value found of a field that is nested too: no walk
             for w in whole:
                 v = d.get(w.name)
@@ -152,6 +176,18 @@ class SharedValues:
                     continue
                 for k, v in inner.items():  # replacing values only: the dict keeps its size
                     if k in UNIQUE_KEYS:
+                        if across is None or k != "traceparent":
+                            continue
+                        if type(v) is str:  # the driver's: the kernel saw the same one
+                            inner[k] = same(v, v)
+                        elif type(v) is list and len(v) == 1 and type(v[0]) is str:
+                            # The kernel's and the downstream sink's lists of an outbound
+                            # request: one list, its string shared with the driver's.
+                            found = lists_get(v[0])
+                            if found is None:
+                                v[0] = same(v[0], v[0])
+                                found = across.lists[v[0]] = v
+                            inner[k] = found
                         continue
                     if type(v) is str or type(v) is int and 256 < v < INT_MAX:
                         inner[k] = shared(v, v)
