@@ -35,7 +35,8 @@ BASE_SLOP_NS = 1_000_000
 class JoinedRequest:
     """One kernel-observed server request and everything joined to it.
 
-    List fields nothing was joined to hold the shared read-only ``EMPTY``."""
+    List fields nothing was joined to hold the shared read-only ``EMPTY``; ``spans`` of a
+    span alone in its trace is the span index's list of that trace. All are read-only."""
 
     kernel: KernelRequest
     traceparent_values: list[str]  # raw header values as captured (several = duplicated)
@@ -133,7 +134,7 @@ def join(evidence: Evidence) -> Joined:
     server_spans = [s for s in evidence.spans if s.kind == "SERVER"]
     reqs_by_key = _by_key(under_test + agent, test_keys + agent_keys)
     del test_keys, agent_keys
-    pool = _join_by_traceparent(reqs_by_key, server_spans)
+    pool = _join_by_traceparent(reqs_by_key, server_spans, index.by_trace)
     del reqs_by_key
     # Exact kernel windows first, the slop after: otherwise a request without a span (not
     # sampled, lost) takes the span of the request that arrived just after its response.
@@ -182,8 +183,8 @@ def _by_key(requests: list[JoinedRequest], keys: list[tuple[str, str] | None]
     return reqs_by_key
 
 
-def _join_by_traceparent(reqs_by_key: dict[tuple[str, str], Any], spans: list[Span]
-                         ) -> dict[int, Span]:
+def _join_by_traceparent(reqs_by_key: dict[tuple[str, str], Any], spans: list[Span],
+                         by_trace: dict[str, list[Span]]) -> dict[int, Span]:
     """Attach spans keyed by (inbound trace-id, parent-id) (see _by_key); return the
     unjoined span pool (grouped by key in order of first appearance, each group in export
     order)."""
@@ -197,9 +198,19 @@ def _join_by_traceparent(reqs_by_key: dict[tuple[str, str], Any], spans: list[Sp
         # One request per key is the norm; a resent header shares the key, so each span
         # goes to the request whose time window it starts in (else the nearest).
         target = reqs if type(reqs) is not list else min(reqs, key=lambda r: _distance(r, s))
-        target.spans = appended(target.spans, s)
+        target.spans = _plus(target.spans, s, by_trace)
         target.span_join = JOIN_TRACEPARENT
     return {id(s): s for group in left.values() for s in group}
+
+
+def _plus(spans: list[Span], s: Span, by_trace: dict[str, list[Span]]) -> list[Span]:
+    """``spans`` and ``s``, never appended in place: the first span of a request is the span
+    index's own list when it is alone in its trace (a million one-span lists less; the view
+    takes the same list), which must not grow."""
+    if spans is EMPTY:
+        group = by_trace.get(s.trace_id)
+        return group if group is not None and len(group) == 1 and group[0] is s else [s]
+    return [*spans, s]
 
 
 def _attach_nested(requests: list[JoinedRequest], spans: list[Span], unjoined: list[Span]

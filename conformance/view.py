@@ -58,7 +58,8 @@ class Outbound:
 @dataclass(slots=True)
 class RequestView:
     """One request the driver sent, with its server spans and outbound calls (list fields
-    nothing was joined to hold the shared read-only ``conformance.index.EMPTY``)."""
+    nothing was joined to hold the shared read-only ``conformance.index.EMPTY``; ``spans``
+    may be the span index's or the join's list: read-only too)."""
 
     driver: DriverRecord
     fanout: bool
@@ -151,6 +152,12 @@ def build_view(evidence: Evidence, joined: Joined | None, index: SpanIndex | Non
         d = r.driver
         if d.trace_id and (group := by_trace.get(d.trace_id)):
             parent = d.parent_id
+            if len(group) == 1:  # the usual trace: its list is the index's (and the join's)
+                s = group[0]
+                if s.parent_span_id == parent and id(s) in pool:
+                    del pool[id(s)]
+                    r.spans, r.span_join = group, JOIN_KEY
+                continue
             found = [s for s in group if s.parent_span_id == parent and id(s) in pool]
             if found:
                 for s in found:
@@ -165,6 +172,8 @@ def build_view(evidence: Evidence, joined: Joined | None, index: SpanIndex | Non
             r.kernel = j.kernel
             if not r.spans and j.spans:
                 found = [s for s in j.spans if id(s) in pool]
+                if len(found) == len(j.spans):
+                    found = j.spans  # the join's list (read-only), not a copy
                 if found:
                     for s in found:
                         del pool[id(s)]
