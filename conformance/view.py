@@ -163,6 +163,9 @@ def build_view(evidence: Evidence, joined: Joined | None, index: SpanIndex | Non
                 for s in found:
                     del pool[id(s)]
                 r.spans, r.span_join = found, JOIN_KEY
+    # What is left, in a table of its size: a dict keeps its table when items are deleted,
+    # and at a million spans this one would stay next to ``by_driver`` below.
+    pool = dict(pool)
     if joined is not None:  # 2. the kernel join, which timed the request on the wire
         by_driver = {id(j.driver): j for j in joined.requests if j.driver is not None}
         for r in reqs:
@@ -180,6 +183,7 @@ def build_view(evidence: Evidence, joined: Joined | None, index: SpanIndex | Non
                     r.spans, r.span_join = found, JOIN_KERNEL
             if j.outbound:  # nothing was added to r.outbound before
                 r.outbound = [_from_kernel(c) for c in j.outbound]
+        del by_driver  # the view's peak is later: this million-entry table is not kept to it
     # The driver, the sink and (on this host) the SUT read one realtime clock: windows are
     # exact first, so a request never takes the span of the one sent right after it; the
     # slop only helps spans whose clock reading falls a hair outside.
@@ -187,6 +191,7 @@ def build_view(evidence: Evidence, joined: Joined | None, index: SpanIndex | Non
     for window in (tight, slop):
         if pool:
             _join_heuristic([r for r in reqs if not r.spans], pool, window)
+    del pool, agent_spans
     _mark_overlaps(reqs)
     unattributed = _attach_downstream(reqs, evidence.downstream, tight)
     return View(reqs, unattributed, index.by_trace, index.by_key)

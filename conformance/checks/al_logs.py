@@ -31,14 +31,20 @@ class _Window:
     lo: int
     hi: int
     path: str
-    traces: tuple[str, ...]  # the trace-id sent and the server span's, distinct
+    # The trace-id sent and the server span's, distinct: the one string when they are the
+    # same (a million requests, a million one-item tuples less), else a tuple of them.
+    traces: str | tuple[str, ...]
     request: RequestView
+
+    @property
+    def trace_ids(self) -> tuple[str, ...]:
+        return (self.traces,) if type(self.traces) is str else self.traces
 
     def knows_span(self, by_trace: dict[str, list[Any]], span_id: str) -> bool | None:
         """Whether ``span_id`` is an exported span of those traces; None when they have no
         exported span (asked of the window a log lands in, no set built per log)."""
         known = None
-        for t in self.traces:
+        for t in self.trace_ids:
             for s in by_trace.get(t, ()):
                 if s.span_id == span_id:
                     return True
@@ -54,8 +60,8 @@ def _windows(view: Any) -> list[_Window]:
         recv = d.t_recv_ns or d.t_send_ns
         if len(spans) == 1:  # the usual request: one server span, no sets or lists to build
             s = spans[0]
-            traces: tuple[str, ...] = (s.trace_id,) if not d.trace_id or d.trace_id == s.trace_id \
-                else (s.trace_id, d.trace_id)
+            traces: str | tuple[str, ...] = s.trace_id \
+                if not d.trace_id or d.trace_id == s.trace_id else (s.trace_id, d.trace_id)
             lo, hi = min(d.t_send_ns, s.start_ns), max(recv, s.end_ns)
         else:
             traces = tuple({s.trace_id for s in spans} | ({d.trace_id} if d.trace_id else set()))
@@ -70,7 +76,7 @@ def _owners(windows: list[_Window]) -> dict[str, Any]:
     """Trace-id → the window sending or serving it, or the list of them when several do."""
     owners: dict[str, Any] = {}
     for w in windows:
-        for t in w.traces:
+        for t in w.trace_ids:
             put_one_or_many(owners, t, w)
     return owners
 
