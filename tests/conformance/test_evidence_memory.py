@@ -1,5 +1,6 @@
-"""What keeps a loaded run small: slotted records (no per-record __dict__) that still serialise
-field for field, and per-request ids one string across the files that repeat them."""
+"""What keeps a million-request analysis small: slotted records (no per-record __dict__) that
+still serialise field for field, per-request ids one string across the files that repeat
+them, and a lone server span held in one list by the span index, the join and the view."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from agent.evidence import (
     DownstreamRecord, DriverRecord, EvidenceWriter, KernelRequest, LogRecord, MetricPoint, RunMeta,
     Scrape, Span, load_evidence, to_dict,
 )
+from conformance.join import join
+from conformance.view import build_view
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 INBOUND_PARENT = "00f067aa0ba902b7"
@@ -94,3 +97,43 @@ def test_shared_ids_read_back_exactly_what_was_written(tmp_path, name, attr):
     _write_run(tmp_path)
     written = [json.loads(line) for line in (tmp_path / name).read_text().splitlines()]
     assert [to_dict(r) for r in getattr(load_evidence(tmp_path), attr)] == written
+
+
+DIGITS_TRACE, DIGITS_PARENT = "1" * 31 + "2", "3" * 15 + "4"
+
+
+def _one_request_run(tmp_path, span_trace, span_parent):
+    """One request whose trace holds only its server span (ids as given)."""
+    w = EvidenceWriter(tmp_path)
+    w.meta(RunMeta(run_id="r", started_at="2027-01-01T00:00:00Z"))
+    tp = f"00-{DIGITS_TRACE}-{DIGITS_PARENT}-01"
+    w.kernel([KernelRequest("k1", "7:3:0", 0, "server", 7, 8, 3, "GET", "/x", "1.1",
+                            {"traceparent": [tp]}, True, 10, 200, 11, 20)])
+    w.spans([Span(span_trace, SERVER_SPAN, span_parent, "GET /x", "SERVER", 10, 19)])
+    w.driver([DriverRecord(0, "load", "GET", "/x", {"traceparent": tp}, DIGITS_TRACE,
+                           DIGITS_PARENT, 9, 21, 200)])
+    w.close()
+    return load_evidence(tmp_path)
+
+
+def test_a_lone_server_span_is_one_list_for_index_join_and_view(tmp_path):
+    ev = _one_request_run(tmp_path, DIGITS_TRACE, DIGITS_PARENT)
+    joined = join(ev)
+    (jr,), (rv,) = joined.requests, build_view(ev, joined).requests
+    group = joined.span_index.by_trace[DIGITS_TRACE]
+    assert jr.spans == [ev.spans[0]] and jr.span_join == "traceparent"
+    assert jr.spans is group and rv.spans is group
+
+
+# (span trace-id, span parent-id, joined by the traceparent?)
+KEYS = [
+    pytest.param(DIGITS_TRACE, DIGITS_PARENT, True, id="same-ids"),
+    pytest.param(DIGITS_TRACE, "3" * 16, False, id="other-parent"),
+    pytest.param(int(DIGITS_TRACE), int(DIGITS_PARENT), False, id="numbers-with-the-same-digits"),
+]
+
+
+@pytest.mark.parametrize("trace,parent,joined", KEYS)
+def test_spans_join_by_traceparent_only_on_both_ids_as_strings(tmp_path, trace, parent, joined):
+    (jr,) = join(_one_request_run(tmp_path, trace, parent)).requests
+    assert (jr.span_join == "traceparent") is joined
