@@ -163,7 +163,11 @@ def test_tracestate_of_multiple_fields_is_combined_in_order():
 # ------------------------------------------------------------ kernel header parser
 TOKEN = string.ascii_letters + string.digits + "-"
 FIELD_VALUE = string.ascii_letters + string.digits + " -_./:;=,()"
-header = st.tuples(st.text(TOKEN, min_size=1, max_size=16),
+# Framing headers are left out: a drawn "Content-Length: :" is a malformed request (the
+# parser rightly fails it) and a valid one turns the next pipelined request into a body.
+# Bodies and their boundaries have their own tests (message_starts).
+FRAMING = {"content-length", "transfer-encoding"}
+header = st.tuples(st.text(TOKEN, min_size=1, max_size=16).filter(lambda n: n.lower() not in FRAMING),
                    st.text(FIELD_VALUE, min_size=1, max_size=40).map(str.strip).filter(bool))
 
 
