@@ -30,10 +30,10 @@ from agent.kernel.probes import (
 log = logging.getLogger(__name__)
 
 POLL_MS = 20  # longest a record waits in the ring when no wake-up comes
-# After a take that found records the loop rests this long before the next: the ring polls
-# readable while any record is pending, so under load the loop would spin, taking a few
-# dozen records a round at ~10 µs of fixed cost each (3.8k rounds/s beside a saturated nginx).
-# The ring holds ~0.4 s of that load; 2 ms is ~250 requests a round.
+# After a take that found records the loop rests at least this long before the next, even
+# when wake-ups came meanwhile: beside a saturated nginx each CPU forces one every ~100
+# requests, and each round has ~10 µs of fixed cost. The ring holds ~0.4 s of that load;
+# 2 ms is ~250 requests a round.
 TAKE_GAP_S = 0.002
 CLOCK_EVERY_S = 1.0  # a wall-clock step is pinned to within this
 # Records are copied out of the ring in bulk at once and assembled once requests stop
@@ -272,9 +272,9 @@ class KernelCollector:
         pacing, idle_wait, took = self._pacing, True, False
         while not self._stop.is_set():
             try:
-                if idle_wait and took:  # records are flowing: let a batch gather
-                    self._stop.wait(TAKE_GAP_S)
-                elif idle_wait:  # nothing to do now: until a forced wake-up or poll_ms
+                if idle_wait:  # nothing to do now: until a forced wake-up or poll_ms
+                    if took:  # records are flowing: let a batch gather (a plain sleep
+                        time.sleep(TAKE_GAP_S)  # is one syscall; Event.wait is ~20 µs of Python)
                     self._ring.wait(self.poll_ms / 1000)
                 with self._lock:
                     if self._probes is None or self._probes.bpf is None:

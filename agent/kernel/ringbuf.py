@@ -56,13 +56,18 @@ class RingReader:
         self._hdrs = self._data.cast("I")
         self._fd = os.dup(map_fd)  # our own: the map outlives bcc's fd until we close this one
         self._epoll = select.epoll()
-        self._epoll.register(self._fd, select.EPOLLIN)
+        # Edge-triggered: a ring polls readable while any record is pending, so a level-
+        # triggered wait returns at once under load and the reader spins on small takes.
+        # Edge-triggered, it returns on the kernel's forced wake-ups (every WAKEUP_BYTES
+        # written per CPU; agent/kernel/probes.py) or at the timeout.
+        self._epoll.register(self._fd, select.EPOLLIN | select.EPOLLET)
         self._pos = self._cons[0]
         self.max_chunk = 0  # the largest chunk taken, bytes
         self.fill_peak = 0  # the most bytes found waiting in the ring: how close it came to full
 
     def wait(self, timeout_s: float) -> None:
-        """Block until the kernel forces a wake-up (records waiting) or ``timeout_s`` passes."""
+        """Block until the kernel forces a wake-up (records waiting; one that came since the
+        last wait counts) or ``timeout_s`` passes."""
         self._epoll.poll(timeout_s)
 
     def pending(self) -> int:
