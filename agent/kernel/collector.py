@@ -115,8 +115,6 @@ class KernelCollector:
                 self._primer.settle()
             events = self._probes.bpf[b"events"]
             self._ring = RingReader(events.map_fd, self.config.ringbuf_pages * mmap.PAGESIZE)
-            while self._backlog.top_up():  # ~50 ms: the first load's records land in touched memory
-                pass
             self._thread = threading.Thread(target=self._poll_loop, name="obsconform-kernel", daemon=True)
             self._thread.start()
         except BaseException:
@@ -269,6 +267,9 @@ class KernelCollector:
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), POLL_NICE)
         except (OSError, AttributeError):
             pass
+        with self._lock:  # ~50 ms, here rather than in start(): the first load's records
+            while self._backlog.top_up():  # land in touched memory
+                pass
         pacing, idle_wait, took = self._pacing, True, False
         while not self._stop.is_set():
             try:
