@@ -279,7 +279,9 @@ def _join_by_overlap(requests: list[JoinedRequest], pool: dict[int, Span], slop:
                                   (k.t_resp_last or k.t_req_first) + slop, k.t_req_first)
         if best is not None:
             del pool[id(best)]
-            r.spans = appended(r.spans, best)
+            # Only span-less requests get here; a new list, never an append to one that may
+            # be the span index's own (see _plus).
+            r.spans = [best]
             r.span_join = JOIN_HEURISTIC
             joined += 1
     return joined

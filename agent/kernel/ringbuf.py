@@ -62,7 +62,6 @@ class RingReader:
         # written per CPU; agent/kernel/probes.py) or at the timeout.
         self._epoll.register(self._fd, select.EPOLLIN | select.EPOLLET)
         self._pos = self._cons[0]
-        self.max_chunk = 0  # the largest chunk taken, bytes
         self.fill_peak = 0  # the most bytes found waiting in the ring: how close it came to full
 
     def wait(self, timeout_s: float) -> None:
@@ -110,7 +109,6 @@ class RingReader:
             # earlier loads). The kernel may reuse the space from here on.
             self._pos += nbytes
             self._cons[0] = self._pos
-            self.max_chunk = max(self.max_chunk, nbytes)
 
     def take(self, max_bytes: int | None = None) -> tuple[bytes, int]:
         """Copy out the committed records (up to ``max_bytes``) and release their space:

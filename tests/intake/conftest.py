@@ -163,11 +163,7 @@ def witness() -> Iterator[Witness]:
 
 @pytest.fixture
 def closed_port_url() -> str:
-    """A loopback URL where nothing listens (port bound, then released)."""
-    import socket
+    """A loopback URL where nothing listens."""
+    from tests.ports import free_port
 
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return f"http://127.0.0.1:{port}"
+    return f"http://127.0.0.1:{free_port()}"

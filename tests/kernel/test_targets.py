@@ -4,7 +4,6 @@ traffic to a second, untargeted server on the same host is never recorded."""
 from __future__ import annotations
 
 import http.client
-import socket
 import threading
 
 import pytest
@@ -15,6 +14,7 @@ from agent.runner import RunConfig, run
 from agent.targets import resolve, resolve_port, tree_roots
 from tests.kernel.test_lifecycle import cgroup_dir  # noqa: F401  (fixture)
 from tests.kernel.test_servers import children, gunicorn  # noqa: F401  (fixture)
+from tests.ports import free_port
 
 pytestmark = pytest.mark.kernel
 
@@ -29,14 +29,8 @@ def test_a_port_resolves_to_the_root_of_the_tree_that_listens(kernel_ok, gunicor
     assert tree_roots(sorted(workers)) == sorted(workers), "siblings are each their own root"
 
 
-def unused_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.parametrize("kwargs,fragment", [
-    (lambda: {"port": unused_port()}, "nothing listens on TCP port"),
+    (lambda: {"port": free_port()}, "nothing listens on TCP port"),
     (lambda: {"port": 70000}, "a TCP port is 1..65535"),
     (lambda: {"pid": 999_999_999}, "no such process"),
     (lambda: {"cgroup": "/tmp"}, "is not a cgroup v2 directory"),
