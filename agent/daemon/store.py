@@ -109,8 +109,10 @@ class RunStore:
         return RunRow(**d)
 
     def add(self, run_id: str, spec: dict, out_dir: Path) -> RunRow:
-        self._write("INSERT INTO runs (id, state, spec, out_dir, created_at) VALUES (?, 'queued', ?, ?, ?)",
-                    (run_id, json.dumps(spec), str(out_dir), now()))
+        text = json.dumps(spec)
+        with self._lock:  # stamped where its queue position (seq) is taken: created_at order is FIFO order
+            self._db.execute("INSERT INTO runs (id, state, spec, out_dir, created_at) VALUES (?, 'queued', ?, ?, ?)",
+                             (run_id, text, str(out_dir), now()))
         return self.get(run_id)  # type: ignore[return-value]
 
     def get(self, run_id: str, since: int = 0) -> RunRow | None:
