@@ -23,6 +23,7 @@
  *   WAKEUP_BYTES    bytes a CPU writes before it wakes user space up
  *   TARGET_CGROUP_ID + TARGET_CGROUP_LEVEL   also trace every process of that cgroup v2
  *   HAVE_GROUP_DEAD sched_process_exit has a group_dead field (newer kernels)
+ *   CPU_SLOTS       possible CPUs (slots of "committed")
  *   OBSC_NO_<SYSCALL>, OBSC_NO_FORK, OBSC_NO_EXIT   this kernel lacks that tracepoint
  *
  * Every sys_exit_ tracepoint has the same record (see any sys_exit_ format file in tracefs),
@@ -53,6 +54,9 @@
 #endif
 #ifndef WAKEUP_BYTES
 #define WAKEUP_BYTES (RINGBUF_PAGES * 4096 / 16)
+#endif
+#ifndef CPU_SLOTS
+#define CPU_SLOTS 64
 #endif
 
 /* Copies go to s->data + (offset & 4095) with a length masked to 8191 (see LEN_MASK), so
@@ -139,6 +143,14 @@ BPF_HASH(conns, u64, struct conn_state, MAP_ENTRIES);
 BPF_PERCPU_ARRAY(scratch, struct scratch_t, 1);
 BPF_PERCPU_ARRAY(counters, u64, HTTP_CTR_NUM);
 BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
+/* Ring bytes each CPU has committed, counted as the producer position counts them (record
+ * plus header, 8-aligned), one cache line per CPU. User space reads them through an mmap:
+ * when their sum equals the producer position, no record before it is still being written
+ * and the whole run is released without walking its headers (agent/kernel/ringbuf.py).
+ * An undercount only sends user space back to the walk; an overcount would not be safe,
+ * so a slot grows only after its record is committed. */
+#define SLOT_STRIDE 8
+BPF_F_TABLE("array", u32, u64, committed, CPU_SLOTS * SLOT_STRIDE, BPF_F_MMAPABLE);
 
 static __always_inline void count(u32 idx)
 {
@@ -171,6 +183,16 @@ static __always_inline int is_target(u32 tgid)
         return 1;
 #endif
     return in_target_set(tgid);
+}
+
+/* 0 when the process is surely not a target: is_target without its hash lookup. */
+static __always_inline int passes_prefilter(u32 tgid)
+{
+#ifdef TARGET_CGROUP_ID
+    if (bpf_get_current_ancestor_cgroup_id(TARGET_CGROUP_LEVEL) == TARGET_CGROUP_ID)
+        return 1;
+#endif
+    return maybe_target(tgid);
 }
 
 static __always_inline u64 conn_key(u32 tgid, s32 fd)
@@ -216,19 +238,26 @@ static __always_inline void emit(struct scratch_t *s, u32 n)
         s->wake_acc = 0;
         count(HTTP_CTR_WAKEUPS);
     }
-    if (events.ringbuf_output(&s->ev, size, flags))
+    if (events.ringbuf_output(&s->ev, size, flags)) {
         count(HTTP_CTR_RINGBUF_DROPS);
-    else
-        count(HTTP_CTR_RECORDS);
+        return;
+    }
+    count(HTTP_CTR_RECORDS);
+    u32 slot = bpf_get_smp_processor_id() * SLOT_STRIDE;
+    u64 *done = committed.lookup(&slot);
+    if (done) /* atomic: were this program preempted here, the next one on this CPU adds too */
+        __sync_fetch_and_add(done, (size + 8 + 7) & ~7ULL);
 }
 
 static __always_inline int stash(s32 fd, u64 ptr, u64 cnt, s32 nr, u8 sc, u8 dir, u8 shape)
 {
     u64 id = bpf_get_current_pid_tgid();
-    if (!is_target(id >> 32))
+    if (!passes_prefilter(id >> 32))
         return 0;
-    /* Rewriting the thread's entry in place costs a lookup, where an update and the
-     * exit's delete would each take the bucket lock. */
+    /* A thread with an entry belongs to a target (entries are made for targets only, and
+     * go when the thread exits or its process stops being one), so the target set is
+     * looked up only for a thread's first syscall. Rewriting the entry in place costs a
+     * lookup, where an update and the exit's delete would each take the bucket lock. */
     struct io_args *ap = io_args.lookup(&id);
     if (ap) {
         ap->ptr = ptr;
@@ -241,6 +270,8 @@ static __always_inline int stash(s32 fd, u64 ptr, u64 cnt, s32 nr, u8 sc, u8 dir
         ap->primed = 0;
         return 0;
     }
+    if (!is_target(id >> 32))
+        return 0;
     struct io_args a = {.ptr = ptr, .cnt = cnt, .fd = fd, .nr = nr, .sc = sc, .dir = dir, .shape = shape};
     if (io_args.update(&id, &a))
         count(HTTP_CTR_IO_MAP_FULL);
@@ -469,13 +500,13 @@ int obsc_ex_io(struct sys_exit_args *args)
 {
     u64 id = bpf_get_current_pid_tgid();
     u32 tgid = id >> 32;
-    if (!is_target(tgid))
+    if (!passes_prefilter(tgid))
         return 0;
-    struct io_args *ap = io_args.lookup(&id);
+    struct io_args *ap = io_args.lookup(&id); /* found: a target's thread (see stash) */
     long ret = args->ret;
     if (!ap) {
         /* entered before this process became a target (and not primed), or io_args was full */
-        if (ret > 0)
+        if (ret > 0 && is_target(tgid))
             count(HTTP_CTR_NO_ENTER);
         return 0;
     }

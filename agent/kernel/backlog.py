@@ -42,37 +42,38 @@ class _Arena:
 
 
 class Backlog:
-    """FIFO of (chunk, record count); ``copy_from(ring)`` appends, ``first``/``pop`` consume."""
+    """FIFO of chunks of records; ``copy_from(ring)`` appends, ``first``/``pop`` consume."""
 
     def __init__(self, arena_bytes: int = ARENA_BYTES, reserve_bytes: int = RESERVE_BYTES) -> None:
         if arena_bytes < 64 << 10:
             raise ValueError(f"an arena must hold the largest record: at least 64 KiB, got {arena_bytes}")
         self.arena_bytes = arena_bytes
         self.reserve = max(reserve_bytes // arena_bytes, 0)  # free arenas kept
-        self._chunks: deque[tuple[memoryview, int, _Arena]] = deque()
+        self._chunks: deque[tuple[memoryview, _Arena]] = deque()
         self._free: list[_Arena] = []
         self._writing: _Arena | None = None
-        self.bytes = self.records = 0  # waiting
+        self.bytes = 0  # waiting
         self.arenas_made = 0  # arenas mapped so far (reuse keeps this low)
 
     def __bool__(self) -> bool:
         return bool(self._chunks)
 
     def copy_from(self, ring: RingReader) -> int:
-        """Copy the ring's committed records into the arenas and release them; returns how many."""
+        """Copy the ring's committed records into the arenas and release them; returns how
+        many bytes (records are counted when they are split out: ``ringbuf.records``)."""
         total = 0
         while True:
             arena = self._writing
             if arena is None or arena.used == self.arena_bytes:
                 arena = self._next_arena()
-            view, n, cut = ring.peek(self.arena_bytes - arena.used)
+            view, cut = ring.peek(self.arena_bytes - arena.used)
             try:
-                if not n:
+                size = len(view)
+                if not size:
                     if cut and arena.used:  # the next record does not fit in what is left
                         self._retire(arena)
                         continue
                     return total
-                size = len(view)
                 chunk = arena.view[arena.used:arena.used + size]
                 chunk[:] = view
             finally:
@@ -80,22 +81,19 @@ class Backlog:
             ring.release(size)
             arena.used += size
             arena.live += 1
-            self._chunks.append((chunk, n, arena))
+            self._chunks.append((chunk, arena))
             self.bytes += size
-            self.records += n
-            total += n
+            total += size
             if not cut:
                 return total
 
-    def first(self) -> tuple[memoryview, int]:
-        chunk, n, _ = self._chunks[0]
-        return chunk, n
+    def first(self) -> memoryview:
+        return self._chunks[0][0]
 
     def pop(self) -> None:
         """Drop the first chunk (assembled); its arena is reused once it holds no other."""
-        chunk, n, arena = self._chunks.popleft()
+        chunk, arena = self._chunks.popleft()
         self.bytes -= len(chunk)
-        self.records -= n
         chunk.release()
         arena.live -= 1
         if not arena.live and arena is not self._writing:
@@ -111,15 +109,15 @@ class Backlog:
 
     def close(self) -> None:
         """Unmap every arena; the backlog is empty afterwards."""
-        for chunk, _, _ in self._chunks:
+        for chunk, _ in self._chunks:
             chunk.release()
-        arenas = {id(a): a for _, _, a in self._chunks}
+        arenas = {id(a): a for _, a in self._chunks}
         for a in self._free + ([self._writing] if self._writing else []):
             arenas[id(a)] = a
         self._chunks.clear()
         self._free.clear()
         self._writing = None
-        self.bytes = self.records = 0
+        self.bytes = 0
         for a in arenas.values():
             a.close()
 

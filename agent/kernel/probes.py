@@ -27,6 +27,7 @@ from agent.errors import ProbeError
 from agent.kernel.assembler import ConnSnapshot
 from agent.kernel.cgroups import cgroup_id_level
 from agent.kernel.events import COUNTER_NAMES, CTR_NUM
+from agent.kernel.ringbuf import SlotSum
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -58,6 +59,7 @@ DEFAULT_RINGBUF_PAGES = 4096  # 16 MiB
 # small batches keep each drain short (a 1 MiB batch held a saturated nginx's p99 at 2-3x,
 # 32 KiB at ~1x) while the ring keeps >99 % headroom.
 WAKEUP_DIVISOR = 512
+SLOT_STRIDE = 8  # u64 entries between two CPUs' slots of "committed" (as in the C)
 DEFAULT_MAP_ENTRIES = 65536  # connections open at once
 DEFAULT_IO_ENTRIES = 16384  # target threads that read or write (each keeps its io_args entry)
 DEFAULT_TARGET_ENTRIES = 16384  # target processes and followed threads
@@ -133,6 +135,7 @@ class ProbeConfig:
             f"-DIO_ENTRIES={self.io_entries:d}",
             f"-DTARGET_ENTRIES={self.target_entries:d}",
             f"-DWAKEUP_BYTES={self.ringbuf_pages * 4096 // WAKEUP_DIVISOR:d}",
+            f"-DCPU_SLOTS={possible_cpus():d}",
         ]
         if self.group_dead:
             flags.append("-DHAVE_GROUP_DEAD=1")
@@ -141,6 +144,25 @@ class ProbeConfig:
             flags += [f"-DTARGET_CGROUP_ID={cg_id:d}ULL", f"-DTARGET_CGROUP_LEVEL={level:d}"]
         flags += [f"-D{name}=1" for name in self.absent]
         return flags
+
+
+def hook_points() -> list[str]:
+    """The tracepoints ("category:event") the probes attach to on this kernel: for a benchmark
+    that puts empty programs in the same places, to measure what the hooks alone cost."""
+    from bcc import BPF
+
+    return [tp for _, tp in Probes(ProbeConfig())._plan(BPF)]
+
+
+def possible_cpus(path: str = "/sys/devices/system/cpu/possible") -> int:
+    """How many CPU numbers this kernel may use ("0-3,8-11" -> 12): the BPF program keeps a
+    slot per CPU number. Falls back to os.cpu_count() when the file cannot be read."""
+    try:
+        with open(path) as f:
+            text = f.read().strip()
+        return max(int(part.rsplit("-", 1)[-1]) for part in text.split(",")) + 1
+    except (OSError, ValueError):
+        return os.cpu_count() or 1
 
 
 def bpf_source(config: ProbeConfig | None = None) -> str:
@@ -330,6 +352,12 @@ class Probes:
         value = bits[word].value
         value = value | (1 << (pid & 63)) if on else value & ~(1 << (pid & 63))
         bits[word] = bits.Leaf(value)
+
+    def committed_sum(self) -> SlotSum:
+        """Reads the bytes committed to the ring so far, summed over CPUs, through an mmap
+        (the "committed" slots; see RingReader.peek). Close it before unload()."""
+        table = self.bpf[b"committed"]
+        return SlotSum(table.map_fd, len(table), SLOT_STRIDE)
 
     def targets(self) -> set[int]:
         return {k.value for k in self.bpf[b"targets"].keys()}

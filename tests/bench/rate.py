@@ -88,7 +88,7 @@ def _traced_step(port: int, master: int, conns: int, seconds: int, script: Path 
     return {
         "connections": conns, "requests": done, "rate_per_s": round(done / took), "kernel_requests": seen,
         "loss": after["loss"] - before["loss"], "ring_drops": after["ring_drops"] - before["ring_drops"],
-        "backlog_peak": after.get("user_backlog_peak", 0), "catch_up_s": round(catch_up, 3),
+        "backlog_peak_mb": round(after.get("user_backlog_bytes_peak", 0) / 2**20, 1), "catch_up_s": round(catch_up, 3),
         "agent_cpu_s_per_1000": round(cpu / done * 1000, 5) if done else None,
         "bpf_cpu_s_per_1000": round(bpf_ns / 1e9 / done * 1000, 5) if done else None,
     }

@@ -38,6 +38,22 @@ def test_ring_buffer_overflow_is_counted_record_for_record(kernel_ok):
     assert stats["loss"] >= stats["ring_drops"]
 
 
+def test_committed_counters_account_for_every_ring_byte_and_spare_the_header_walk(kernel_ok):
+    # The probes count the ring bytes each CPU committed; once everything is read their sum
+    # must equal the consumer position to the byte (more would let the reader release a
+    # record still being written), and most runs are released on them without a walk.
+    with KernelCollector(poll_ms=5) as kc:
+        p = subprocess.Popen([sys.executable, "-c", LOOP, "20000"], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+        kc.add_target(p.pid)
+        p.communicate("go\n", timeout=60)
+        kc.drain()
+        stats = kc.stats()
+    assert stats["loss"] == 0 and stats["user_received"] == stats["records"] == 4 * 20000 + 3
+    assert stats["user_ring_bytes_committed"] == stats["user_ring_bytes_consumed"] > 4 * 20000 * 88
+    assert stats["user_ring_takes_unwalked"] > stats["user_ring_takes"] / 2, stats
+
+
 def test_a_tiny_ring_buffer_under_load_makes_kt_inconclusive_through_the_cli(kernel_ok, tmp_path):
     port = free_port()
     url = f"http://127.0.0.1:{port}"
