@@ -44,6 +44,8 @@ def _summary(name: str, fig: dict) -> str:
             f"{srv} throughput x{f['throughput_ratio']}"
             + (f" (goal >= {f['goal_throughput_ratio']})" if "goal_throughput_ratio" in f else "")
             + f", p99 x{f['p99_ratio']}"
+            + (f" (empty hooks alone x{f['empty_hooks_throughput_ratio']}; agent/empty hooks "
+               f"x{f['agent_vs_empty_hooks']})" if "empty_hooks_throughput_ratio" in f else "")
             for srv, f in fig.items() if isinstance(f, dict) and "throughput_ratio" in f)
     if name == "rate":
         return (f"rate: {fig['max_zero_loss_rate_per_s']} requests/s with zero loss (assembled "
@@ -73,7 +75,8 @@ def headline(results: dict) -> dict:
         out["1_overhead_on_target"] = {
             srv: {k: f[k] for k in ("throughput_ratio", "p99_ratio", "goal_throughput_ratio", "meets_goal",
                                     "agent_cpu_s_per_100k", "added_cpu_us_per_request",
-                                    "cpu_us_per_request_without") if k in f}
+                                    "cpu_us_per_request_without", "empty_hooks_throughput_ratio",
+                                    "agent_vs_empty_hooks") if k in f}
             for srv, f in results["overhead"].items() if isinstance(f, dict) and "throughput_ratio" in f}
     if "kernel" in results:
         k = results["kernel"]

@@ -12,6 +12,11 @@ Servers: nginx (Debian, 1 worker, `return 200`) and the reference service (gunic
 1 worker, OpenTelemetry SDK exporting to an OTLP receiver in this process in both arms).
 nginx is also driven below saturation (paced: 1 ms between a connection's requests), where
 the p99 ratio says what a request's latency pays rather than how a full queue behaves.
+
+Saturated nginx has a third arm, "empty hooks": a program that only returns, attached to
+every tracepoint the probes use. Syscall tracepoints fire for every process (the filter runs
+inside them), so this is the floor of any agent built on them (SPEC §3 allows no other
+hooks); the agent's own share is its ratio to that arm.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from pathlib import Path
 from typing import Iterator
 
 from agent.kernel import KernelCollector
+from agent.kernel.probes import hook_points
 from agent.otlp import OtlpReceiver
 from tests.bench.rate import NGINX_CONF, PACE_LUA, _children, _listening
 from tests.ports import free_port
@@ -78,8 +84,31 @@ def _loaded(url: str, pid: int, conns: int, seconds: int, script: Path | None) -
     return fig
 
 
-def _arm(url: str, pid: int, conns: int, seconds: int, traced: bool, script: Path | None) -> dict:
+EMPTY_HOOK = b"int obsc_empty_hook(void *ctx) { return 0; }"
+
+
+@contextmanager
+def empty_hooks() -> Iterator[None]:
+    """A program that does nothing, on every tracepoint the probes attach to."""
+    from bcc import BPF
+
+    bpf = BPF(text=EMPTY_HOOK)
+    try:
+        for point in hook_points():
+            bpf.attach_tracepoint(tp=point.encode(), fn_name=b"obsc_empty_hook")
+        yield
+    finally:
+        bpf.cleanup()
+
+
+def _arm(url: str, pid: int, conns: int, seconds: int, traced: bool | str, script: Path | None) -> dict:
+    """One arm: False (nothing attached), "empty" (empty_hooks) or True (a KernelCollector)."""
     cpu0 = time.process_time()
+    if traced == "empty":
+        with empty_hooks():
+            fig = _loaded(url, pid, conns, seconds, script)
+        fig["cpu_s"] = time.process_time() - cpu0
+        return fig
     if not traced:
         fig = _loaded(url, pid, conns, seconds, script)
         fig["cpu_s"] = time.process_time() - cpu0
@@ -99,20 +128,24 @@ def _arm(url: str, pid: int, conns: int, seconds: int, traced: bool, script: Pat
     return fig
 
 
-def compare(url: str, pid: int, conns: int, seconds: int, rounds: int, script: Path | None = None) -> dict:
-    """Alternating rounds; ratios with/without per round and their medians."""
+def compare(url: str, pid: int, conns: int, seconds: int, rounds: int, script: Path | None = None,
+            empty: bool = False) -> dict:
+    """Rounds that rotate the order of the arms; ratios with/without per round and their
+    medians; with ``empty``, also the empty-hooks arm (see the module docstring)."""
     wrk_latency(url, conns, 2, script)  # warm-up: allocator, page cache, connection set-up
     rows = []
+    names = {False: "without", True: "with", "empty": "empty hooks"}
     for i in range(rounds):
-        order = (False, True) if i % 2 == 0 else (True, False)
+        kinds = [False, "empty", True] if empty else [False, True]
+        order = kinds[i % len(kinds):] + kinds[:i % len(kinds)]  # each arm first as often
         arms = {traced: _arm(url, pid, conns, seconds, traced, script) for traced in order}
         off, on = arms[False], arms[True]
 
-        def added_us(key: str) -> float:  # CPU µs per request the agent added to one party
+        def added_us(key: str, on: dict = on) -> float:  # CPU µs per request an arm added to one party
             return round((on[key] / on["requests"] - off[key] / off["requests"]) * 1e6, 3)
 
         rows.append({
-            "round": i + 1, "order": "without,with" if i % 2 == 0 else "with,without",
+            "round": i + 1, "order": ",".join(names[k] for k in order),
             "rate_without": round(off["rate_per_s"]), "rate_with": round(on["rate_per_s"]),
             "throughput_ratio": round(on["rate_per_s"] / off["rate_per_s"], 4),
             "p99_without_us": round(off["p99_us"], 1), "p99_with_us": round(on["p99_us"], 1),
@@ -128,7 +161,14 @@ def compare(url: str, pid: int, conns: int, seconds: int, rounds: int, script: P
                                          "agent": added_us("agent_cpu_s_during")},
             "cpu_us_per_request_without": round((off["server_cpu_s"] + off["wrk_cpu_s"]) / off["requests"] * 1e6, 3),
         })
-    return {
+        if empty:
+            hooks = arms["empty"]
+            rows[-1]["empty_hooks"] = {
+                "throughput_ratio": round(hooks["rate_per_s"] / off["rate_per_s"], 4),
+                "added_cpu_us_per_request": {"server": added_us("server_cpu_s", hooks),
+                                             "load_generator": added_us("wrk_cpu_s", hooks)},
+                "agent_vs_empty_hooks": round(on["rate_per_s"] / hooks["rate_per_s"], 4)}
+    fig = {
         "rounds": rows, "seconds_per_arm": seconds, "connections": conns,
         "throughput_ratio": round(statistics.median(r["throughput_ratio"] for r in rows), 4),
         "p99_ratio": round(statistics.median(r["p99_ratio"] for r in rows), 3),
@@ -139,6 +179,10 @@ def compare(url: str, pid: int, conns: int, seconds: int, rounds: int, script: P
             for party in ("server", "load_generator", "agent")},
         "cpu_us_per_request_without": round(statistics.median(r["cpu_us_per_request_without"] for r in rows), 3),
     }
+    if empty:
+        fig["empty_hooks_throughput_ratio"] = round(statistics.median(r["empty_hooks"]["throughput_ratio"] for r in rows), 4)
+        fig["agent_vs_empty_hooks"] = round(statistics.median(r["empty_hooks"]["agent_vs_empty_hooks"] for r in rows), 4)
+    return fig
 
 
 def _wait_up(port: int, proc: subprocess.Popen, what: str, children: int = 0) -> None:
@@ -193,7 +237,9 @@ def measure(seconds: int = 5, rounds: int = 4) -> dict:
     out = {}
     for name, server, conns in (("nginx", nginx_server, 16), ("refservice", refservice, 8)):
         with server() as (url, pid):
-            fig = compare(url, pid, conns, seconds, rounds)
+            # three arms: six rounds put each first twice
+            fig = compare(url, pid, conns, seconds, rounds + 2 if name == "nginx" else rounds,
+                          empty=name == "nginx")
             if name == "nginx":
                 # Latency below saturation: each connection waits 1 ms between requests
                 # (~25k requests/s), where a p99 is a property of the server, not of a queue.
