@@ -176,23 +176,24 @@ static __always_inline int in_target_set(u32 tgid)
     return maybe_target(tgid) && targets.lookup(&tgid) != 0;
 }
 
-static __always_inline int is_target(u32 tgid)
+static __always_inline int in_target_cgroup(void)
 {
 #ifdef TARGET_CGROUP_ID
-    if (bpf_get_current_ancestor_cgroup_id(TARGET_CGROUP_LEVEL) == TARGET_CGROUP_ID)
-        return 1;
+    return bpf_get_current_ancestor_cgroup_id(TARGET_CGROUP_LEVEL) == TARGET_CGROUP_ID;
+#else
+    return 0;
 #endif
-    return in_target_set(tgid);
+}
+
+static __always_inline int is_target(u32 tgid)
+{
+    return in_target_cgroup() || in_target_set(tgid);
 }
 
 /* 0 when the process is surely not a target: is_target without its hash lookup. */
 static __always_inline int passes_prefilter(u32 tgid)
 {
-#ifdef TARGET_CGROUP_ID
-    if (bpf_get_current_ancestor_cgroup_id(TARGET_CGROUP_LEVEL) == TARGET_CGROUP_ID)
-        return 1;
-#endif
-    return maybe_target(tgid);
+    return in_target_cgroup() || maybe_target(tgid);
 }
 
 static __always_inline u64 conn_key(u32 tgid, s32 fd)
