@@ -238,7 +238,7 @@ def measure(seconds: int = 5, rounds: int = 4) -> dict:
     for name, server, conns in (("nginx", nginx_server, 16), ("refservice", refservice, 8)):
         with server() as (url, pid):
             # Six rounds: three arms each go first twice (nginx); the reference service's
-            # rounds scatter by ±2.5 % around a cost of ~1.5 %, and its goal is 2 %.
+            # rounds scatter by ±2.5 % around a cost of ~2 %, its goal.
             fig = compare(url, pid, conns, seconds, rounds + 2, empty=name == "nginx")
             if name == "nginx":
                 # Latency below saturation: each connection waits 1 ms between requests

@@ -137,7 +137,7 @@ def test_reader_skips_the_header_walk_only_when_the_counters_cover_the_run(kerne
         if under:  # never equal to the producer position: every run is walked
             assert reader.unwalked == 0
         else:  # this thread wrote every record before each take: none was busy
-            assert committed() == reader._pos and reader.unwalked == 40
+            assert committed() == reader.consumed and reader.unwalked == 40
     finally:
         reader.close()
         committed.close()
