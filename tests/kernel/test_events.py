@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import ctypes
+import os
 import re
 
 import pytest
 
 from agent.kernel import events
-from agent.kernel.probes import BPF_DIR, HEADER_FILE
+from agent.kernel.probes import BPF_DIR, HEADER_FILE, PROGRAM_FILE, SLOT_STRIDE, possible_cpus
 
 # A program that only declares a map of the record: bcc builds the map's value type from
 # clang's own layout of the struct (explicit __pad fields wherever clang pads).
@@ -49,6 +50,23 @@ def test_every_header_constant_has_the_same_value_in_python():
     for name, value in defines.items():
         py = name.removeprefix("HTTP_")
         assert getattr(events, py) == value, f"{name} = {value} in the header, {getattr(events, py, None)} in events.py"
+
+
+def test_committed_slot_stride_is_the_same_in_the_program_and_the_reader():
+    # A stride that differs would sum the wrong words: the reader would never see the
+    # counters equal the producer position (and walk every run), or sum stray words.
+    stride = re.search(r"^#define SLOT_STRIDE (\d+)$", PROGRAM_FILE.read_text(), re.M)
+    assert stride and int(stride[1]) == SLOT_STRIDE
+
+
+@pytest.mark.parametrize("text, cpus", [("0\n", 1), ("0-1\n", 2), ("0-3,8-11\n", 12), ("0,2\n", 3)])
+def test_possible_cpus_counts_cpu_numbers_not_cpus(tmp_path, text, cpus):
+    (tmp_path / "possible").write_text(text)
+    assert possible_cpus(str(tmp_path / "possible")) == cpus
+
+
+def test_possible_cpus_falls_back_to_the_cpu_count(tmp_path):
+    assert possible_cpus(str(tmp_path / "absent")) == (os.cpu_count() or 1)
 
 
 def test_counter_names_cover_every_counter_index():
