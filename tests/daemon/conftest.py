@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from agent.remote import AgentClient
+from tests.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT_S = 20.0
@@ -149,7 +150,10 @@ class Target:
     proc: subprocess.Popen
 
     def spec(self, **kw) -> dict:
-        spec = {"url": self.url, "pid": self.pid, "no_ebpf": True, "requests": 20, "concurrency": 2}
+        # A --pid run's OTLP receiver defaults to 127.0.0.1:4318, which anything else on the
+        # host may hold: each run gets a free port of its own.
+        spec = {"url": self.url, "pid": self.pid, "no_ebpf": True, "requests": 20, "concurrency": 2,
+                "otlp_listen": f"127.0.0.1:{free_port()}"}
         spec.update(kw)
         return spec
 
