@@ -74,7 +74,8 @@ def test_a_run_records_its_target_and_never_the_neighbour(kernel_ok, start_serve
     if kind == "cgroup":
         (cgroup_dir / "cgroup.procs").write_text(str(sut.pid))
     cfg = RunConfig(url=f"http://127.0.0.1:{sut.port}", requests=60, concurrency=4, out_dir=tmp_path,
-                    settle_quiet_s=0.2, settle_timeout_s=2, checks=["KT-007"], **target)
+                    settle_quiet_s=0.2, settle_timeout_s=2, checks=["KT-007"],
+                    otlp_listen=f"127.0.0.1:{free_port()}", **target)  # not 4318: it may be taken
     with Background(neighbour.port) as bg:
         result = run(cfg)
     assert bg.sent > 0, "the neighbour was busy during the run"
