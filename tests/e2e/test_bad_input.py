@@ -31,7 +31,8 @@ def idle_process():
 
 
 CASES = [
-    pytest.param(lambda port, pid: ["run", "--pid", str(pid), "--url", f"http://127.0.0.1:{port}"],
+    pytest.param(lambda port, pid: ["run", "--pid", str(pid), "--url", f"http://127.0.0.1:{port}",
+                                    "--otlp-listen", f"127.0.0.1:{free_port()}"],  # 4318 may be taken
                  "nothing answers", id="unreachable-url"),
     pytest.param(lambda port, pid: ["run", "--exec", "false", "--url", f"http://127.0.0.1:{port}"],
                  "exited with code 1", id="command-exits-at-once"),

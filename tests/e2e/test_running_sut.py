@@ -73,8 +73,10 @@ def test_a_busy_listen_address_is_one_error_line(obsconform, running_refservice,
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         addr = f"127.0.0.1:{busy.getsockname()[1]}"
+        # the other listener on a free port, not the default 4318 (which may be taken)
+        other = {"--otlp-listen": "--sink-listen", "--sink-listen": "--otlp-listen"}[option]
         r = obsconform("run", "--pid", str(proc.pid), "--url", f"http://127.0.0.1:{port}", "--no-ebpf",
-                       option, addr, timeout=60)
+                       option, addr, other, f"127.0.0.1:{free_port()}", timeout=60)
     assert r.code == 1, r.stderr
     line = one_error_line(r.stderr)
     assert f"{option} {addr}: cannot listen" in line and "in use" in line, line
