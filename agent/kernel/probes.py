@@ -355,7 +355,8 @@ class Probes:
 
     def committed_sum(self) -> SlotSum:
         """Reads the bytes committed to the ring so far, summed over CPUs, through an mmap
-        (the "committed" slots; see RingReader.peek). Close it before unload()."""
+        (the "committed" slots; see RingReader.peek). The caller closes it; until then the
+        mapping keeps the map alive, unload() or not."""
         table = self.bpf[b"committed"]
         return SlotSum(table.map_fd, len(table), SLOT_STRIDE)
 

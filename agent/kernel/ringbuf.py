@@ -98,11 +98,13 @@ class RingReader:
         # when the position was read, every record of the run is committed and its headers
         # need no walk (~150 ns a record here). A producer busy at that moment makes them
         # differ by a record or two, so a few more reads are tried (each ~0.2 µs).
-        for _ in range(COMMITTED_TRIES if committed is not None else 1):
-            done = committed() if committed is not None else -1
-            end = self._prod[0]
-            if done == end:
-                break
+        if committed is None:
+            done, end = -1, self._prod[0]
+        else:
+            for _ in range(COMMITTED_TRIES):
+                done, end = committed(), self._prod[0]
+                if done == end:
+                    break
         self.fill_peak = max(self.fill_peak, end - start)
         if end == start:
             return self._data[:0], False

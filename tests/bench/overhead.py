@@ -29,7 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Iterator
 
@@ -104,13 +104,9 @@ def empty_hooks() -> Iterator[None]:
 def _arm(url: str, pid: int, conns: int, seconds: int, traced: bool | str, script: Path | None) -> dict:
     """One arm: False (nothing attached), "empty" (empty_hooks) or True (a KernelCollector)."""
     cpu0 = time.process_time()
-    if traced == "empty":
-        with empty_hooks():
+    if traced is not True:
+        with empty_hooks() if traced == "empty" else nullcontext():
             fig = _loaded(url, pid, conns, seconds, script)
-        fig["cpu_s"] = time.process_time() - cpu0
-        return fig
-    if not traced:
-        fig = _loaded(url, pid, conns, seconds, script)
         fig["cpu_s"] = time.process_time() - cpu0
         return fig
     with KernelCollector() as kc:
@@ -135,8 +131,8 @@ def compare(url: str, pid: int, conns: int, seconds: int, rounds: int, script: P
     wrk_latency(url, conns, 2, script)  # warm-up: allocator, page cache, connection set-up
     rows = []
     names = {False: "without", True: "with", "empty": "empty hooks"}
+    kinds = [False, "empty", True] if empty else [False, True]
     for i in range(rounds):
-        kinds = [False, "empty", True] if empty else [False, True]
         order = kinds[i % len(kinds):] + kinds[:i % len(kinds)]  # each arm first as often
         arms = {traced: _arm(url, pid, conns, seconds, traced, script) for traced in order}
         off, on = arms[False], arms[True]
@@ -238,7 +234,7 @@ def measure(seconds: int = 5, rounds: int = 4) -> dict:
     for name, server, conns in (("nginx", nginx_server, 16), ("refservice", refservice, 8)):
         with server() as (url, pid):
             # Six rounds: three arms each go first twice (nginx); the reference service's
-            # rounds scatter by ±2.5 % around a cost of ~2 %, its goal.
+            # rounds scatter over x0.95-1.03 around a cost of ~2 %, its goal.
             fig = compare(url, pid, conns, seconds, rounds + 2, empty=name == "nginx")
             if name == "nginx":
                 # Latency below saturation: each connection waits 1 ms between requests
