@@ -42,8 +42,20 @@ EVIDENCE_VERSION = 1
 # Requests the agent itself makes to the SUT (scrapes, health probes) carry this
 # User-Agent prefix so that the kernel view can tell them apart from requests under test.
 AGENT_USER_AGENT = "obsconform-agent"
-# Requests of the load driver carry this one.
+# Requests of the load driver carry this one, then a marker unique in the run:
+# "obsconform-driver/0.1.0 req/<marker>". Instrumentations record User-Agent on the server
+# span (user_agent.original, http.user_agent), so the marker joins a span to its request
+# without trusting the SUT's trace-context propagation, which is what the checks judge.
 DRIVER_USER_AGENT = "obsconform-driver"
+DRIVER_MARKER = " req/"
+
+
+def driver_marker(user_agent: object) -> str | None:
+    """The per-request marker of a driver User-Agent, else None (any other client's)."""
+    if type(user_agent) is not str or not user_agent.startswith(DRIVER_USER_AGENT):
+        return None
+    _, sep, marker = user_agent.partition(DRIVER_MARKER)
+    return marker.split(None, 1)[0] if sep and marker else None
 
 META_FILE = "meta.json"
 KERNEL_FILE = "kernel.jsonl"
@@ -86,6 +98,10 @@ class KernelRequest:
     interim_statuses: list[int] = field(default_factory=list)  # e.g. [100]
     parent_request: str | None = None  # client only: id of the inbound request being served
     aborted: bool = False  # connection closed before a final response
+    # The other end of the connection as the kernel saw it (server: the client's address
+    # from accept; client: the address connected to); "" / 0 when not seen.
+    peer_addr: str = ""
+    peer_port: int = 0
 
     def header(self, name: str) -> str | None:
         values = self.headers.get(name.lower())
