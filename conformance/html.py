@@ -8,6 +8,10 @@ import math
 from dataclasses import dataclass, field
 from html import escape
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from conformance.join import JoinedRequest
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +33,22 @@ class Series:
     span_ms: list[float] = field(default_factory=list)
     drift_us: list[float] = field(default_factory=list)
     t_s: list[float] = field(default_factory=list)  # every request: seconds since the first
-    lost: list[bool] = field(default_factory=list)  # ... and whether it has no server span
+    fate: list[str] = field(default_factory=list)  # ... and its KEPT | MISSING | NOT_JUDGED
     note: str = ""
+
+
+KEPT, MISSING, NOT_JUDGED = "kept", "missing", "not_judged"
+
+
+def span_fate(r: JoinedRequest) -> str:
+    """A request as KT-001 judges it: unanswered requests, and unsampled ones (trace-flags
+    00) without a span, are no loss; the chart must not paint them as one."""
+    if not r.answered:
+        return NOT_JUDGED
+    if r.spans:
+        return KEPT
+    tp = r.traceparent
+    return NOT_JUDGED if tp is not None and not tp.sampled else MISSING
 
 
 def load_series(evidence_dir: Path | None) -> Series:
@@ -53,7 +71,7 @@ def load_series(evidence_dir: Path | None) -> Series:
     for r in joined.requests:
         k = r.kernel
         s.t_s.append((k.t_req_first - t0) / 1e9)
-        s.lost.append(not r.spans)
+        s.fate.append(span_fate(r))
         if r.spans and k.duration_ns is not None:
             span = r.spans[0]
             s.kernel_ms.append(k.duration_ns / 1e6)
@@ -181,29 +199,48 @@ def histogram_chart(s: Series) -> str:
 
 
 def loss_chart(s: Series) -> str:
+    """Requests per time bin, stacked: with a server span, missing one (KT-001's loss), and
+    not judged (unanswered, or unsampled without a span). Only MISSING is red."""
     title = "Span loss over time"
     if not s.t_s:
         return _empty("chart-loss", title, "no kernel-observed requests")
     span = max(s.t_s) or 1.0
     width = span / LOSS_BINS
-    total, lost = [0] * LOSS_BINS, [0] * LOSS_BINS
-    for t, gone in zip(s.t_s, s.lost):
-        i = min(LOSS_BINS - 1, int(t / width)) if width else 0
-        total[i] += 1
-        lost[i] += gone
-    p = Plot((0.0, span), (0, max(total)), "seconds since the first request", "requests")
+    bins = [{KEPT: 0, MISSING: 0, NOT_JUDGED: 0} for _ in range(LOSS_BINS)]
+    for t, fate in zip(s.t_s, s.fate):
+        bins[min(LOSS_BINS - 1, int(t / width)) if width else 0][fate] += 1
+    p = Plot((0.0, span), (0, max(sum(b.values()) for b in bins)),
+             "seconds since the first request", "requests")
     body = p.frame()
-    for i in range(LOSS_BINS):
-        x0, x1 = p.px(i * width), p.px((i + 1) * width)
-        kept_y, lost_y = p.py(total[i] - lost[i]), p.py(total[i])
-        pct = 100.0 * lost[i] / total[i] if total[i] else 0.0
-        tip = f"{i * width:.1f}–{(i + 1) * width:.1f} s: {total[i]} requests, {lost[i]} without a span ({pct:.1f} %)"
-        body.append(f'<g><title>{tip}</title>'
-                    f'<rect x="{x0:.1f}" y="{kept_y:.1f}" width="{max(0.5, x1 - x0 - 1):.1f}" '
-                    f'height="{p.py(0) - kept_y:.1f}" class="bar"/>'
-                    f'<rect x="{x0:.1f}" y="{lost_y:.1f}" width="{max(0.5, x1 - x0 - 1):.1f}" '
-                    f'height="{kept_y - lost_y:.1f}" class="lost"/></g>')
+    bar_w = max(0.5, p.px(width) - p.px(0) - 1)
+    for i, b in enumerate(bins):
+        x, total = p.px(i * width), sum(b.values())
+        judged = b[KEPT] + b[MISSING]
+        pct = 100.0 * b[MISSING] / judged if judged else 0.0
+        tip = (f"{i * width:.2f}–{(i + 1) * width:.2f} s: {total} requests, {b[MISSING]} without a "
+               f"span ({pct:.1f} % of {judged} judged), {b[NOT_JUDGED]} not judged")
+        rects, base = [], 0
+        for fate, css in ((KEPT, "bar"), (MISSING, "lost"), (NOT_JUDGED, "unjudged")):
+            if b[fate]:  # no zero-height rects: a red sliver of nothing is still a red mark
+                top = p.py(base + b[fate])
+                rects.append(f'<rect x="{x:.1f}" y="{top:.1f}" width="{bar_w:.1f}" '
+                             f'height="{p.py(base) - top:.1f}" class="{css}"/>')
+                base += b[fate]
+        body.append(f'<g><title>{tip}</title>{"".join(rects)}</g>')
     return _svg("chart-loss", title, body)
+
+
+def loss_legend(s: Series) -> str:
+    """What the loss chart's colours mean, with the run's totals."""
+    n = {f: s.fate.count(f) for f in (KEPT, MISSING, NOT_JUDGED)}
+    items = [("bar", f"with a server span ({n[KEPT]})"),
+             ("lost", f"missing a server span, the loss KT-001 counts ({n[MISSING]} of "
+                      f"{n[KEPT] + n[MISSING]})"),
+             ("unjudged", f"not judged: unanswered, or unsampled (trace-flags 00) without a "
+                          f"span ({n[NOT_JUDGED]})")]
+    return ('<p class="legend" id="loss-legend">' + " ".join(
+        f'<span class="li"><span class="sw {css}"></span>{escape(text)}</span>' for css, text in items)
+        + "</p>")
 
 
 # -- the page ---------------------------------------------------------------------------
@@ -218,7 +255,8 @@ vertical-align:top}th{cursor:pointer;background:#f6f8fa}.st{font-weight:600}pre{
 font-size:12px;max-height:220px;overflow:auto;background:#f6f8fa;padding:6px}
 .charts{display:flex;flex-wrap:wrap;gap:16px}.chart{border:1px solid #d1d9e0;border-radius:6px;background:#fff}
 .chart text{font-size:11px;fill:#59636e}.chart .empty{font-size:13px}.grid{stroke:#eaeef2}.axis{stroke:#8c959f}
-.diag{stroke:#8c959f;stroke-dasharray:4 3}.pt{fill:#0969da;fill-opacity:.55}.bar{fill:#54aeff}.lost{fill:#cf222e}
+.diag{stroke:#8c959f;stroke-dasharray:4 3}.pt{fill:#0969da;fill-opacity:.55}.bar{fill:#54aeff}.lost{fill:#cf222e}.unjudged{fill:#afb8c1}
+.legend{font-size:12px;color:#59636e;max-width:560px;margin:4px 0}.li{white-space:nowrap;display:inline-block}.sw{display:inline-block;width:10px;height:10px;margin:0 4px 0 8px}.sw.bar{background:#54aeff}.sw.lost{background:#cf222e}.sw.unjudged{background:#afb8c1}
 figure{margin:0}figcaption{font-weight:600;margin:4px 0}button{margin-right:6px}#js-errors{color:#cf222e}
 """
 
@@ -259,10 +297,30 @@ def _check_rows(checks: list[dict]) -> str:
     return "\n".join(rows)
 
 
-def _loss(kind: str, v: object) -> str:
-    if isinstance(v, dict) and "missing" in v:
-        return f"{kind}: {v.get('missing')} missing of {v.get('kernel_requests', '?')} ({_num(v.get('pct'))} %)"
-    return f"{kind}: {json.dumps(v, default=str)}"
+def _loss_rows(loss: dict) -> list[tuple[str, object]]:
+    """The report's measurements.loss as readable rows: span loss (KT-001), metric count
+    (KT-002); a shape this page does not know is shown as ``key value`` pairs, never JSON."""
+    rows: list[tuple[str, object]] = []
+    for kind, v in loss.items():
+        if not v:
+            continue
+        if kind == "spans" and isinstance(v, dict) and "missing" in v:
+            rows.append(("span loss", f"{v.get('missing')} of {v.get('kernel_requests', '?')} requests "
+                                      f"without a server span ({_pct(v.get('pct'))} %), "
+                                      f"{v.get('duplicates', 0)} duplicated"))
+        elif kind == "metrics" and isinstance(v, dict) and "metric" in v:
+            rows.append(("metric count", f"{_num(v.get('metric_count'))} counted by {v.get('metric')}, "
+                                         f"{_num(v.get('kernel_count'))} seen by the kernel; "
+                                         f"{_num(v.get('mismatched_series'))} series differ"))
+        elif isinstance(v, dict):
+            rows.append((f"{kind} loss", ", ".join(f"{k} {_num(x)}" for k, x in v.items())))
+        else:
+            rows.append((f"{kind} loss", _num(v)))
+    return rows
+
+
+def _pct(v: object) -> str:
+    return f"{v:.3g}" if isinstance(v, (int, float)) else "–"
 
 
 def _num(v: object) -> str:
@@ -303,7 +361,7 @@ report {escape(str(report.get("report_id", "")))} · generated {escape(str(repor
                       if k in ("exec", "pid", "cgroup", "port"))), ("run", f"{run.get('started_at', '')} → {run.get('finished_at', '')}"),
                      ("requests sent", run.get("requests_sent")), ("kernel requests", kernel.get("requests")),
                      ("agent drops", kernel.get("agent_drops")),
-                     ("loss", "; ".join(_loss(k, v) for k, v in loss.items() if v) or None),
+                     *_loss_rows(loss),
                      ("drift p50/p99/max µs", "/".join(_num(drift.get(k)) for k in ("p50", "p99", "max"))
                       if any(drift.get(k) is not None for k in ("p50", "p99", "max")) else None),
                      ("evidence", run.get("evidence_dir"))])}</div>
@@ -311,7 +369,7 @@ report {escape(str(report.get("report_id", "")))} · generated {escape(str(repor
 <div class="charts">
 <figure><figcaption>Kernel vs span duration per request</figcaption>{scatter_chart(series)}</figure>
 <figure><figcaption>Latency drift (kernel − span)</figcaption>{histogram_chart(series)}</figure>
-<figure><figcaption>Span loss over time</figcaption>{loss_chart(series)}</figure>
+<figure><figcaption>Span loss over time (requests per time bin)</figcaption>{loss_chart(series)}{loss_legend(series) if series.t_s else ""}</figure>
 </div>
 <h2>Checks</h2>
 <p><button data-filter="all">all</button><button data-filter="fail">failing</button>

@@ -10,10 +10,12 @@ import subprocess
 import sys
 
 import pytest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
 
 import conformance
-from agent.evidence import EvidenceWriter, KernelRequest, RunMeta, Span, load_evidence
-from conformance.html import MAX_SCATTER_POINTS, nice_ticks, render_html
+from agent.evidence import EvidenceWriter, KernelRequest, RunMeta, Scrape, Span, load_evidence
+from conformance.html import LOSS_BINS, MAX_SCATTER_POINTS, nice_ticks, render_html
+from conformance.report import validate_report
 from tests.daemon.conftest import ROOT
 
 CHROMIUM = shutil.which("chromium")
@@ -22,9 +24,15 @@ LOST_EVERY = 10  # every 10th request has no server span: 30 lost
 T0 = 1_800_000_000_000_000_000
 
 
-def make_run_dir(run_dir, n=N_REQUESTS, lost_every=LOST_EVERY, seed=7):
-    """A run directory with kernel requests and spans: known durations, drift and losses."""
+def make_run_dir(run_dir, n=N_REQUESTS, lost_every=LOST_EVERY, seed=7, lost=None, unsampled=(),
+                 unanswered=(), scrapes=False):
+    """A run directory with kernel requests and spans: known durations, drift and losses.
+
+    ``lost`` (indices) overrides ``lost_every``; ``unsampled`` requests carry trace-flags 00
+    and get no span (a parent-based sampler's right answer); ``unanswered`` ones get no
+    response and no span; ``scrapes`` adds before/after /metrics scrapes of a counter."""
     rng = random.Random(seed)
+    lost = set(range(0, n, lost_every)) if lost is None else set(lost)
     w = EvidenceWriter(run_dir)
     w.meta(RunMeta(run_id="html-test", started_at="2027-01-15T08:00:00Z", finished_at="2027-01-15T08:00:07Z",
                    host={"hostname": "h"}, target={"url": "http://127.0.0.1:8080", "pid": 42},
@@ -35,12 +43,13 @@ def make_run_dir(run_dir, n=N_REQUESTS, lost_every=LOST_EVERY, seed=7):
         trace_id, parent = f"{i + 1:032x}", f"{i + 1:016x}"
         start = T0 + i * 20_000_000
         dur = rng.randint(1_000_000, 12_000_000)
+        flags, answered = "00" if i in unsampled else "01", i not in unanswered
         kernel.append(KernelRequest(
             id=f"k{i}", conn=f"42:7:{i}", seq=0, direction="server", tgid=42, tid=42, fd=7, method="GET",
-            target=f"/items/{i}", version="1.1", headers={"traceparent": [f"00-{trace_id}-{parent}-01"]},
-            headers_complete=True, t_req_first=start, status=200, t_resp_first=start + dur - 50_000,
-            t_resp_last=start + dur))
-        if i % lost_every:
+            target=f"/items/{i}", version="1.1", headers={"traceparent": [f"00-{trace_id}-{parent}-{flags}"]},
+            headers_complete=True, t_req_first=start, status=200 if answered else None,
+            t_resp_first=start + dur - 50_000 if answered else None, t_resp_last=start + dur if answered else None))
+        if i not in lost and i not in unsampled and answered:
             drift = rng.randint(100_000, 600_000)
             spans.append(Span(trace_id=trace_id, span_id=f"{i + 1:015x}f", parent_span_id=parent,
                               name="GET /items/{id}", kind="SERVER", start_ns=start + drift // 2,
@@ -49,6 +58,15 @@ def make_run_dir(run_dir, n=N_REQUESTS, lost_every=LOST_EVERY, seed=7):
                                           "url.path": f"/items/{i}", "http.route": "/items/{id}"}))
     w.kernel(kernel)
     w.spans(spans)
+    if scrapes:
+        counted = sum(k.status is not None for k in kernel)
+        for seq, (phase, t, count) in enumerate([("before", T0 - 5_000_000, 0),
+                                                 ("after", T0 + n * 20_000_000, counted)]):
+            registry = CollectorRegistry()
+            Counter("http_requests", "requests", ("method", "handler", "status"),
+                    registry=registry).labels("GET", "/items/{id}", "2xx").inc(count)
+            w.scrape(Scrape(seq=seq, phase=phase, t_ns=t, url="http://127.0.0.1:8080/metrics", accept="text/plain",
+                            content_type=CONTENT_TYPE_LATEST, status=200), generate_latest(registry))
     w.close()
     return run_dir
 
@@ -80,6 +98,59 @@ def test_charts_carry_every_joined_request(run_dir):
     loss = re.search(r'<svg id="chart-loss".*?</svg>', page, re.S)[0]
     lost = [int(c) for c in re.findall(r"(\d+) without a span", loss)]
     assert sum(lost) == N_REQUESTS // LOST_EVERY
+
+
+def _loss_bins(page: str) -> list[tuple[float, int, str]]:
+    """(bin start s, requests without a span, the bin's svg) per bin of the loss chart."""
+    loss = re.search(r'<svg id="chart-loss".*?</svg>', page, re.S)[0]
+    return [(float(m[1]), int(m[2]), m[0]) for m in
+            re.finditer(r"<g><title>([\d.]+)–[\d.]+ s: \d+ requests, (\d+) without a span.*?</g>", loss)]
+
+
+def _kt001(report: dict) -> dict:
+    return next(c for c in report["checks"] if c["id"] == "KT-001")["observed"]
+
+
+def test_a_run_without_loss_paints_no_loss_bars(tmp_path):
+    """Unsampled (trace-flags 00) and unanswered requests have no span and are no loss: the
+    reference service's TC phase sends three unsampled ones, which were painted red."""
+    run_dir = make_run_dir(tmp_path / "run", n=120, lost=(), unsampled={3, 4, 60}, unanswered={90})
+    report = real_report(run_dir)
+    kt1 = next(c for c in report["checks"] if c["id"] == "KT-001")
+    assert (kt1["status"], kt1["observed"]["missing"]) == ("pass", 0)
+    page = render_html(report, run_dir)
+    bins = _loss_bins(page)
+    assert len(bins) == LOSS_BINS and sum(n for _, n, _ in bins) == 0
+    assert 'class="lost"' not in page.split('id="chart-loss"')[1].split("</svg>")[0], "no red at all"
+    assert page.count('class="unjudged"') == 3, "unsampled and unanswered are drawn apart, in grey"
+    legend = re.search(r'<p class="legend" id="loss-legend">.*?</p>', page)[0]
+    assert "the loss KT-001 counts (0 of 116)" in legend and "not judged" in legend and "(4)" in legend
+
+
+def test_loss_bars_sit_where_the_loss_is_and_add_up_to_kt001(tmp_path):
+    n = 200
+    late = {i for i in range(n // 2, n) if i % 4 == 0}  # loss only in the second half
+    run_dir = make_run_dir(tmp_path / "run", n=n, lost=late, unsampled={1})
+    report = real_report(run_dir)
+    bins = _loss_bins(render_html(report, run_dir))
+    assert sum(k for _, k, _ in bins) == _kt001(report)["missing"] == len(late)
+    half = (n // 2) * 20_000_000 / 1e9
+    red = [(t, k) for t, k, svg in bins if 'class="lost"' in svg]
+    assert red and all(k > 0 for _, k in red) and len(red) == sum(1 for _, k, _ in bins if k)
+    assert all(t >= half - (n * 0.02 / LOSS_BINS) for t, _ in red), red
+
+
+def test_the_loss_rows_read_as_text_not_json(tmp_path):
+    run_dir = make_run_dir(tmp_path / "run", n=60, lost={5}, scrapes=True)
+    report = real_report(run_dir)
+    assert validate_report(report) == []
+    assert report["measurements"]["loss"]["metrics"], "the scrapes give KT-002 a metric"
+    kv = re.search(r'<div class="kv">(.*?)</div>\n<h2>', render_html(report, run_dir), re.S)[1]
+    assert "{" not in kv and "&quot;" not in kv, kv
+    assert "<div class=muted>span loss</div><div>1 of 60 requests without a server span (1.67 %), " \
+           "0 duplicated</div>" in kv
+    assert "<div class=muted>metric count</div><div>60 counted by http_requests_total, 60 seen by the " \
+           "kernel; 0 series differ</div>" in kv
 
 
 def test_big_runs_are_sampled_in_the_scatter(tmp_path):
