@@ -15,6 +15,9 @@ METHOD_ATTRS = ("http.request.method", "http.method")
 PATH_ATTRS = ("url.path", "http.target")
 ROUTE_ATTRS = ("http.route",)
 STATUS_ATTRS = ("http.response.status_code", "http.status_code")
+USER_AGENT_ATTRS = ("user_agent.original", "http.user_agent")
+# The client's port on a server span: stable, then pre-1.21, then the network-level name.
+PEER_PORT_ATTRS = ("client.port", "net.peer.port", "network.peer.port")
 
 
 def _first(attrs: dict[str, Any], names: Iterable[str]) -> Any:
@@ -46,6 +49,15 @@ def span_status(span: Span) -> int | None:
         return int(value) if value is not None else None
     except (TypeError, ValueError):
         return None
+
+
+def span_peer_port(span: Span) -> int | None:
+    value = _first(span.attributes, PEER_PORT_ATTRS)
+    try:
+        port = int(value) if value is not None and not isinstance(value, bool) else None
+    except (TypeError, ValueError):
+        return None
+    return port if port and 0 < port < 65536 else None
 
 
 SPAN_STATUS_RULE = "ERROR for 5xx, unset for 4xx (and below unless another error)"

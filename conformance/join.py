@@ -1,32 +1,52 @@
 """Join the three views of each request: kernel ↔ driver record ↔ server span (+ its client
 spans and the outbound requests the kernel saw it make).
 
-Primary key: the traceparent captured on the wire. A SERVER span belongs to a kernel request
-when ``span.trace_id`` is the inbound trace-id and ``span.parent_span_id`` the inbound
-parent-id. Requests without a valid inbound traceparent, or whose context the SUT did not
-continue, are joined best effort to the remaining SERVER spans by method, path (or route
-template) and time overlap; ``JoinedRequest.span_join`` says which way each one was joined.
+The checks judge the SUT's propagation, so the join must not depend on it. Keys, strongest
+first, each counted in ``Joined.joined_by``:
+
+1. ``traceparent``: the span continues the traceparent captured on the wire
+   (``span.trace_id`` = inbound trace-id, ``span.parent_span_id`` = inbound parent-id);
+2. ``marker``: the span recorded the driver's User-Agent (``user_agent.original``,
+   ``http.user_agent``), whose per-request marker the kernel saw in that request's
+   header; no propagation involved. Where 1 and 2 name different requests, 2 wins;
+3. ``peer``: the client port the kernel saw at accept equals the span's ``client.port`` /
+   ``net.peer.port``, with time ordering the requests of a keep-alive connection;
+4. ``time``: method, path (or route template), status and time, as an optimal assignment
+   that weighs the span's precise end against the response's writes and tolerates coarse
+   start times (conformance.timejoin).
+
+Requests whose span stays ambiguous under 3-4 are ``unjoinable``: never counted as lost.
 A SERVER span left over whose parent chain reaches a joined server span is a nested
 duplicate of that request (``nested_spans``), not a span without a request.
-Everything is indexed in dicts so the join stays O(n) for large runs; the span index it
-builds (``SpanIndex``) is kept on ``Joined`` for the driver view, which needs the same one.
+Everything is indexed in dicts so the join stays O(n log n) for large runs; the span index
+it builds (``SpanIndex``) is kept on ``Joined`` for the driver view, which needs the same one.
 """
 
 from __future__ import annotations
 
-import bisect
 from collections import defaultdict
 from dataclasses import dataclass, field
 from operator import attrgetter
 from typing import Any
 
-from agent.evidence import AGENT_USER_AGENT, DriverRecord, Evidence, KernelRequest, Span
+from agent.evidence import (
+    AGENT_USER_AGENT, DriverRecord, Evidence, KernelRequest, Span, driver_marker,
+)
 from agent.tracecontext import TraceParent, parse_traceparent
-from conformance.httpsem import route_matches, span_method, span_path, span_route
+from conformance.httpsem import (
+    USER_AGENT_ATTRS, route_matches, span_method, span_path, span_peer_port, span_route,
+    span_status,
+)
 from conformance.index import EMPTY, SpanIndex, appended, empty, index_spans, put_one_or_many
+from conformance.timejoin import Timing, assign
 
 JOIN_TRACEPARENT = "traceparent"
-JOIN_HEURISTIC = "heuristic"
+JOIN_MARKER = "marker"
+JOIN_PEER = "peer"
+JOIN_TIME = "time"
+JOIN_KEYS = (JOIN_TRACEPARENT, JOIN_MARKER, JOIN_PEER, JOIN_TIME)
+JOIN_HEURISTIC = JOIN_TIME  # the name earlier reports and callers used for the time join
+JOIN_UNJOINABLE = "unjoinable"  # span_join of a request whose span could not be decided
 # Time slack for overlap matching on top of the measured clock-conversion uncertainty.
 BASE_SLOP_NS = 1_000_000
 
@@ -44,7 +64,7 @@ class JoinedRequest:
     # Further SERVER spans inside one of ``spans``' subtrees (double instrumentation, e.g.
     # framework and WSGI middleware): duplicates of this request, not requests of their own.
     nested_spans: list[Span] = field(default_factory=empty)
-    span_join: str = ""  # JOIN_TRACEPARENT | JOIN_HEURISTIC | "" (no span)
+    span_join: str = ""  # one of JOIN_KEYS, JOIN_UNJOINABLE, or "" (no span)
     driver: DriverRecord | None = None
     client_spans: list[Span] = field(default_factory=empty)  # CLIENT descendants
     outbound: list[KernelRequest] = field(default_factory=empty)  # parent_request == this
@@ -78,9 +98,13 @@ class Joined:
     unjoined_spans: list[Span]  # SERVER spans that match no kernel request
     unattributed_outbound: list[KernelRequest]  # client requests of no request under test
     unmatched_driver: list[DriverRecord]  # driver records the kernel did not see
-    heuristic_joins: int = 0
+    heuristic_joins: int = 0  # joined without an identifier (peer or time)
     notes: list[str] = field(default_factory=list)
     span_index: SpanIndex | None = None  # every span indexed (the view reuses it)
+    # Requests under test whose span the join could not decide, and the spans that fit them.
+    unjoinable: list[JoinedRequest] = field(default_factory=list)
+    unjoinable_spans: list[Span] = field(default_factory=list)
+    joined_by: dict[str, int] = field(default_factory=dict)  # JOIN_KEYS → requests
     # Found once: half the checks ask, and a million requests take a while to filter.
     _answered: tuple[JoinedRequest, ...] | None = field(default=None, init=False, repr=False,
                                                          compare=False)
@@ -135,19 +159,20 @@ def join(evidence: Evidence) -> Joined:
     server_spans = [s for s in evidence.spans if s.kind == "SERVER"]
     reqs_by_key = _by_key(under_test + agent, test_keys + agent_keys)
     del test_keys, agent_keys
-    pool = _join_by_traceparent(reqs_by_key, server_spans, index.by_trace)
-    del reqs_by_key
-    # Exact kernel windows first, the slop after: otherwise a request without a span (not
-    # sampled, lost) takes the span of the request that arrived just after its response.
-    heuristic = 0
-    for group in (under_test, agent):
-        if not pool:
-            break
-        for window in (uncertainty, slop):
-            n = _join_by_overlap([r for r in group if not r.spans and _answered(r)], pool,
-                                 window)
-            heuristic += n if group is under_test else 0
-    unjoined = _attach_nested(under_test + agent, evidence.spans,
+    by_marker = _by_marker(under_test)
+    pool, overridden = _join_by_identity(reqs_by_key, by_marker, server_spans,
+                                         index.by_trace)
+    del reqs_by_key, by_marker
+    everyone = under_test + agent
+    _split_nested(everyone)
+
+    unjoinable: list[JoinedRequest] = []
+    unjoinable_spans: list[Span] = []
+    if pool:
+        identified = [(r.kernel, r.spans[0]) for r in under_test if len(r.spans) == 1]
+        timing = Timing.calibrate(uncertainty, identified, server_spans)
+        unjoinable, unjoinable_spans = _join_by_time(everyone, pool, timing)
+    unjoined = _attach_nested(everyone, evidence.spans,
                               [s for s in server_spans if id(s) in pool]) if pool else []
 
     unmatched_driver = _join_driver(under_test, evidence.driver, slop)
@@ -162,15 +187,32 @@ def join(evidence: Evidence) -> Joined:
                 parent.outbound = appended(parent.outbound, c)
     _attach_client_spans(under_test, index)
 
+    joined_by = dict.fromkeys(JOIN_KEYS, 0)
+    for r in under_test:
+        if r.span_join in joined_by:
+            joined_by[r.span_join] += 1
+    unjoinable = [r for r in unjoinable if r.span_join == JOIN_UNJOINABLE
+                  and not is_agent_request(r.kernel)]
     notes = []
-    if heuristic:
-        notes.append(f"{heuristic} request(s) joined to spans by method, path and time "
-                     "(no continued trace context): best effort")
+    if overridden:
+        notes.append(f"{overridden} span(s) carried the traceparent of one request and the "
+                     "User-Agent marker of another: joined by the marker (the request the "
+                     "instrumentation read them from; a context leak)")
+    if joined_by[JOIN_PEER] or joined_by[JOIN_TIME]:
+        notes.append(f"joined without an identifier the SUT recorded: "
+                     f"{joined_by[JOIN_PEER]} by client port, {joined_by[JOIN_TIME]} by "
+                     "method, path, status and time (end times; an optimal assignment)")
+    if unjoinable:
+        notes.append(f"{len(unjoinable)} request(s) could not be joined to a span with "
+                     f"certainty ({len(unjoinable_spans)} candidate span(s) fit several "
+                     "requests within the timing noise): counted as unjoinable, not lost")
     return Joined(
         requests=under_test, agent_requests=[r.kernel for r in agent],
         agent_spans=[s for r in agent for s in r.spans], unjoined_spans=unjoined,
         unattributed_outbound=unattributed, unmatched_driver=unmatched_driver,
-        heuristic_joins=heuristic, notes=notes, span_index=index,
+        heuristic_joins=joined_by[JOIN_TIME] + joined_by[JOIN_PEER], notes=notes,
+        span_index=index, unjoinable=unjoinable, unjoinable_spans=unjoinable_spans,
+        joined_by=joined_by,
     )
 
 
@@ -183,27 +225,88 @@ def _by_key(requests: list[JoinedRequest], keys: list[str | None]) -> dict[str, 
     return reqs_by_key
 
 
-def _join_by_traceparent(reqs_by_key: dict[str, Any], spans: list[Span],
-                         by_trace: dict[str, list[Span]]) -> dict[int, Span]:
-    """Attach spans keyed by (inbound trace-id, parent-id) (see _by_key); return the
-    unjoined span pool (grouped by key in order of first appearance, each group in export
-    order)."""
-    left: dict[tuple[str, str], list[Span]] = {}
+def _by_marker(requests: list[JoinedRequest]) -> dict[str, Any]:
+    """The driver's User-Agent marker → its request (or several: a resent request)."""
+    out: dict[str, Any] = {}
+    for r in requests:
+        ua = r.kernel.headers.get("user-agent")
+        if ua and (m := driver_marker(ua[0])) is not None:
+            put_one_or_many(out, m, r)
+    return out
+
+
+def span_marker(s: Span) -> str | None:
+    """The driver marker in the User-Agent the instrumentation recorded on the span."""
+    attrs = s.attributes
+    for name in USER_AGENT_ATTRS:
+        if (ua := attrs.get(name)) is not None:
+            return driver_marker(ua)
+    return None
+
+
+def _pick(reqs: Any, s: Span) -> JoinedRequest:
+    """One request per key is the norm; a resent header shares the key, so the span goes to
+    the request whose time window it starts in (else the nearest)."""
+    return reqs if type(reqs) is not list else min(reqs, key=lambda r: _distance(r, s))
+
+
+def _join_by_identity(reqs_by_key: dict[str, Any], by_marker: dict[str, Any],
+                      spans: list[Span], by_trace: dict[str, list[Span]]
+                      ) -> tuple[dict[int, Span], int]:
+    """Attach spans by what identifies their request: the inbound traceparent they continue
+    (trace-id, parent-id; see _by_key) or the driver's User-Agent marker they recorded. When
+    the two name different requests the marker wins: it is what the instrumentation read
+    from that very request, while the context may have leaked from another. Return the
+    unjoined span pool (export order) and how many spans the marker moved."""
+    pool: dict[int, Span] = {}
+    overridden = 0
     for s in spans:
         trace, parent = s.trace_id, s.parent_span_id
         # Only strings can be a traceparent's ids (a malformed export's number must not
         # read as hex digits).
         reqs = reqs_by_key.get(f"{trace}-{parent}") \
             if type(trace) is str and type(parent) is str else None
-        if reqs is None:
-            left.setdefault((trace, parent), []).append(s)
+        marked = by_marker.get(m) if by_marker and (m := span_marker(s)) is not None else None
+        if marked is not None:
+            target = _pick(marked, s)
+            if reqs is not None and _pick(reqs, s) is target:
+                how = JOIN_TRACEPARENT
+            else:
+                overridden += reqs is not None
+                how = JOIN_MARKER
+        elif reqs is not None:
+            target, how = _pick(reqs, s), JOIN_TRACEPARENT
+        else:
+            pool[id(s)] = s
             continue
-        # One request per key is the norm; a resent header shares the key, so each span
-        # goes to the request whose time window it starts in (else the nearest).
-        target = reqs if type(reqs) is not list else min(reqs, key=lambda r: _distance(r, s))
+        if target.spans is EMPTY:  # the key of its first span (_driver_key relies on it)
+            target.span_join = how
         target.spans = _plus(target.spans, s, by_trace)
-        target.span_join = JOIN_TRACEPARENT
-    return {id(s): s for group in left.values() for s in group}
+    return pool, overridden
+
+
+def _split_nested(requests: list[JoinedRequest]) -> None:
+    """A request given several spans by its keys keeps as ``spans`` those not nested in
+    another of them (double instrumentation records the marker on both)."""
+    for r in requests:
+        if len(r.spans) < 2:
+            continue
+        ids = {s.span_id for s in r.spans}
+        by_id = {s.span_id: s for s in r.spans}
+        top, inner = [], []
+        for s in r.spans:
+            cur, seen, nested = s, set(), False
+            while cur.parent_span_id and cur.parent_span_id not in seen:
+                seen.add(cur.parent_span_id)
+                if cur.parent_span_id in ids:
+                    nested = True
+                    break
+                cur = by_id.get(cur.parent_span_id) or cur
+                if cur is s:
+                    break
+            (inner if nested else top).append(s)
+        if inner and top:
+            r.spans, r.nested_spans = top, [*r.nested_spans, *inner]
 
 
 def _plus(spans: list[Span], s: Span, by_trace: dict[str, list[Span]]) -> list[Span]:
@@ -250,57 +353,87 @@ def _distance(r: JoinedRequest, s: Span) -> int:
     return min(abs(s.start_ns - start), abs(s.start_ns - end))
 
 
-def _join_by_overlap(requests: list[JoinedRequest], pool: dict[int, Span], slop: int) -> int:
-    """Best effort: a pooled span of the same method whose path (or route template)
-    matches and which starts inside the request's kernel window. Consumes from pool."""
-    if not requests or not pool:
-        return 0
-    by_path: dict[tuple[str, str], list[Span]] = defaultdict(list)
-    by_route: dict[str, dict[str, list[Span]]] = defaultdict(lambda: defaultdict(list))
-    for s in pool.values():
-        method = span_method(s) or ""
+def _join_by_time(requests: list[JoinedRequest], pool: dict[int, Span], timing: Timing
+                  ) -> tuple[list[JoinedRequest], list[Span]]:
+    """Spans no identifier joined: first by the client port the kernel saw at accept and the
+    span recorded, then by method, path (or route template), status and time, each as an
+    optimal assignment (conformance.timejoin). Consumes from ``pool``; returns the
+    requests and spans left undecided."""
+    cands = [r for r in requests if not r.spans and r.answered]
+    if not cands:
+        return [], []
+    kernels = [r.kernel for r in cands]
+    unsampled = {i for i, r in enumerate(cands)
+                 if (tp := r.traceparent) is not None and not tp.sampled}
+    agent_ids = {id(r.kernel) for r in cands if is_agent_request(r.kernel)}
+    route_cache: dict[tuple[str, str], bool] = {}
+
+    def compatible(k: KernelRequest, s: Span) -> bool:
+        if (ua := _span_user_agent(s)) is not None and \
+                ua.startswith(AGENT_USER_AGENT) != (id(k) in agent_ids):
+            return False
+        if (method := span_method(s)) is not None and method != k.method:
+            return False
+        if (status := span_status(s)) is not None and k.status is not None and status != k.status:
+            return False
+        if k.peer_port and (port := span_peer_port(s)) is not None and port != k.peer_port:
+            return False
+        if (path := span_path(s)) is not None:
+            return path == k.path
+        if (route := span_route(s)) is not None:
+            key = (route, k.path)
+            if key not in route_cache:
+                route_cache[key] = route_matches(route, k.path)
+            return route_cache[key]
+        return True
+
+    spans = list(pool.values())
+    by_peer = assign(kernels, [s for s in spans if span_peer_port(s) is not None],
+                     lambda k: k.peer_port or None, compatible,
+                     lambda s: [span_peer_port(s)], timing, unsampled)
+    for i, s in by_peer.pairs:
+        cands[i].spans, cands[i].span_join = [s], JOIN_PEER
+        del pool[id(s)]
+    left = [i for i, r in enumerate(cands) if not r.spans]
+    if not left or not pool:
+        return [], []
+    rest = [kernels[i] for i in left]
+    methods: dict[str, list[str]] = {}
+    for k in rest:
+        paths = methods.setdefault(k.method, [])
+        if not paths or paths[-1] != k.path:
+            paths.append(k.path)
+    all_groups = {m: list(dict.fromkeys(p)) for m, p in methods.items()}
+
+    def groups_of_span(s: Span) -> list[Any]:
+        method = span_method(s)
+        ms = [method] if method is not None else list(all_groups)
         path = span_path(s)
         if path is not None:
-            by_path[(method, path)].append(s)
-        elif (route := span_route(s)) is not None:
-            by_route[method][route].append(s)
-    for group in by_path.values():
-        group.sort(key=lambda s: s.start_ns)
-    for routes in by_route.values():
-        for group in routes.values():
-            group.sort(key=lambda s: s.start_ns)
-    joined = 0
-    for r in requests:
-        k = r.kernel
-        candidates = [by_path.get((k.method, k.path), [])]
-        candidates += [g for route, g in by_route.get(k.method, {}).items()
-                       if route_matches(route, k.path)]
-        best = _nearest_in_window(candidates, pool, k.t_req_first - slop,
-                                  (k.t_resp_last or k.t_req_first) + slop, k.t_req_first)
-        if best is not None:
-            del pool[id(best)]
-            # Only span-less requests get here; a new list, never an append to one that may
-            # be the span index's own (see _plus).
-            r.spans = [best]
-            r.span_join = JOIN_HEURISTIC
-            joined += 1
-    return joined
+            return [(m, path) for m in ms]
+        return [(m, p) for m in ms for p in all_groups.get(m, ())]
+
+    by_time = assign(rest, list(pool.values()), lambda k: (k.method, k.path), compatible,
+                     groups_of_span, timing, {n for n, i in enumerate(left) if i in unsampled})
+    for n, s in by_time.pairs:
+        r = cands[left[n]]
+        r.spans, r.span_join = [s], JOIN_TIME
+        del pool[id(s)]
+    undecided = []
+    for n in by_time.unjoinable:
+        r = cands[left[n]]
+        r.span_join = JOIN_UNJOINABLE
+        undecided.append(r)
+    for s in by_time.unjoinable_spans:
+        pool.pop(id(s), None)
+    return undecided, by_time.unjoinable_spans
 
 
-def _nearest_in_window(groups: list[list[Span]], pool: dict[int, Span], lo: int, hi: int,
-                       anchor: int) -> Span | None:
-    best: Span | None = None
-    for group in groups:
-        if not group:
-            continue
-        i = bisect.bisect_left(group, lo, key=lambda s: s.start_ns)
-        while i < len(group) and group[i].start_ns <= hi:
-            s = group[i]
-            if id(s) in pool and (best is None
-                                  or abs(s.start_ns - anchor) < abs(best.start_ns - anchor)):
-                best = s
-            i += 1
-    return best
+def _span_user_agent(s: Span) -> str | None:
+    for name in USER_AGENT_ATTRS:
+        if type(ua := s.attributes.get(name)) is str:
+            return ua
+    return None
 
 
 def _driver_key(r: JoinedRequest) -> tuple[str, str] | None:
@@ -315,7 +448,24 @@ def _driver_key(r: JoinedRequest) -> tuple[str, str] | None:
 
 def _join_driver(requests: list[JoinedRequest], driver: list[DriverRecord],
                  slop: int) -> list[DriverRecord]:
-    """Attach driver records by traceparent, else by method, path and send time."""
+    """Attach driver records by the User-Agent marker, else by traceparent, else by method,
+    path and send time."""
+    marked: dict[str, DriverRecord] = {}
+    for d in driver:
+        if (m := driver_marker(d.request_headers.get("user-agent"))) is not None:
+            marked.setdefault(m, d)
+    if marked:
+        left = []
+        for r in requests:
+            ua = r.kernel.headers.get("user-agent")
+            d = marked.pop(m, None) if ua and (m := driver_marker(ua[0])) else None
+            if d is None:
+                left.append(r)
+            else:
+                r.driver = d
+        taken = {id(r.driver) for r in requests if r.driver is not None}
+        driver = [d for d in driver if id(d) not in taken]
+        requests = left
     # Key → its record, or the list of them when several were sent with one traceparent.
     by_key: dict[tuple[str, str], Any] = {}
     rest: list[DriverRecord] = []

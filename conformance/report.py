@@ -148,9 +148,12 @@ def _measurements(evidence: Evidence, by_id: dict[str, dict[str, Any]]) -> dict[
 
     kt1 = _observed(by_id, "KT-001")
     spans = None
-    if kt1 and "kernel_requests" in kt1 and kt1["kernel_requests"]:
+    if kt1 and "kernel_requests" in kt1 and (kt1["kernel_requests"] or kt1.get("unjoinable")):
         spans = {"kernel_requests": kt1["kernel_requests"], "missing": kt1["missing"],
-                 "duplicates": kt1["duplicates"], "pct": kt1["loss_pct"]}
+                 "duplicates": kt1["duplicates"], "pct": kt1["loss_pct"],
+                 "unjoinable": kt1.get("unjoinable", 0),
+                 "joined_by": {k[len("joined_by_"):]: v for k, v in kt1.items()
+                               if k.startswith("joined_by_")}}
     kt2 = _observed(by_id, "KT-002")
     metrics = None
     source = next((kt2[s] for s in ("prometheus", "otlp") if kt2 and isinstance(kt2.get(s), dict)

@@ -43,7 +43,7 @@ def test_a_request_without_traceparent_joins_by_method_path_and_time(run):
     assert [r.span_join for r in j.requests] == [JOIN_HEURISTIC, JOIN_HEURISTIC]
     # each joined to its own span, not the other path's
     assert [r.spans[0].attributes["url.path"] for r in j.requests] == ["/items/1", "/items/2"]
-    assert j.heuristic_joins == 2 and "best effort" in j.notes[0]
+    assert j.heuristic_joins == 2 and "by method, path, status and time" in j.notes[0]
     # the driver record is found by method, path and time instead
     assert all(r.driver is not None and r.driver.path == r.kernel.path for r in j.requests)
 

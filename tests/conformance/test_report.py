@@ -137,7 +137,9 @@ def test_a_built_report_is_valid_and_complete(report):
                                                          "agent_requests": 2, "agent_drops": 0,
                                                          "truncated_captures": 0}
     assert m["loss"]["spans"] == {"kernel_requests": 20, "missing": 1, "duplicates": 0,
-                                  "pct": 5.0}
+                                  "pct": 5.0, "unjoinable": 0,
+                                  "joined_by": {"traceparent": 19, "marker": 0, "peer": 0,
+                                                "time": 0}}
     assert m["loss"]["metrics"]["mismatched_series"] == 0
     assert m["latency_drift_us"]["samples"] == 19
     assert report["summary"]["verdict"] == "non_compliant"  # KT-001 lost a span
