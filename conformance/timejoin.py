@@ -39,6 +39,9 @@ MAX_OPTIMAL = 300
 _INFEASIBLE = 1e15
 
 QUANTA_NS = (10_000_000, 1_000_000)  # start/end quanta looked for, coarsest first
+# A span may start this long before the kernel saw the request even when too few spans show
+# a grid: 1 ms is the commonest SDK quantum, and the start only bounds what is feasible.
+MIN_START_SLACK_NS = 1_000_000
 QUANTUM_SHARE = 0.9  # share of spans on the grid for a quantum to be taken as the SDK's
 
 
@@ -57,7 +60,7 @@ class Timing:
     """How span ends relate to the response's writes in this run, and the noise."""
 
     uncertainty_ns: int  # clock conversion uncertainty
-    start_quantum_ns: int = 0
+    start_quantum_ns: int = MIN_START_SLACK_NS  # how early a span may start (SDK grid)
     end_quantum_ns: int = 0
     anchor: str = "interval"  # "first" | "last" | "interval" (no calibration)
     offset_ns: int = 0  # median (span end - anchor write) of identified joins
@@ -67,7 +70,7 @@ class Timing:
     def calibrate(cls, uncertainty_ns: int, pairs: list[tuple[KernelRequest, Span]],
                   spans: Sequence[Span]) -> "Timing":
         """Timing measured on the run's identified (request, span) pairs and its spans."""
-        t = cls(uncertainty_ns, quantum([s.start_ns for s in spans]),
+        t = cls(uncertainty_ns, max(MIN_START_SLACK_NS, quantum([s.start_ns for s in spans])),
                 quantum([s.end_ns for s in spans]))
         base = max(MIN_TOLERANCE_NS, 2 * uncertainty_ns) + t.end_quantum_ns
         t.tolerance_ns = DEFAULT_TOLERANCE_NS + base
