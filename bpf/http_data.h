@@ -19,8 +19,9 @@
 #define SHAPE_IOV 1     /* ptr is a struct iovec array of cnt entries */
 #define SHAPE_MSG 2     /* ptr is a struct msghdr */
 #define SHAPE_NONE 3    /* sendfile: bytes are counted, never seen */
-#define SHAPE_CONNECT 4 /* connect: only the fd matters */
+#define SHAPE_CONNECT 4 /* connect: ptr/cnt are the peer's sockaddr and its length */
 #define SHAPE_SKIP 5    /* MSG_PEEK: the same bytes come again with the real read */
+#define SHAPE_ACCEPT 6  /* accept: ptr/cnt are the buffer the peer's sockaddr goes to */
 
 /* Bytes every exit copies first: a response record's whole capture, a blind record's,
  * and the start of a request's (a short request needs no second copy). */

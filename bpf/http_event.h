@@ -29,6 +29,8 @@
 #define HTTP_F_HDR_DONE 0x01   /* the header terminator lies inside this capture */
 #define HTTP_F_TRUNCATED 0x02  /* capture budget used up before the terminator */
 #define HTTP_F_BY_CONTENT 0x04 /* connection classified by its bytes, not at accept/connect */
+#define HTTP_F_PEER_INET 0x08  /* peer_port/peer_addr hold an IPv4 peer (address in 4 bytes) */
+#define HTTP_F_PEER_INET6 0x10 /* peer_port/peer_addr hold an IPv6 peer; neither flag: unknown */
 
 /* The syscall that produced the record (user space reports blind spots by it). */
 #define HTTP_SC_READ 1
@@ -88,7 +90,11 @@ struct http_event {
     __u8 syscall;        /* HTTP_SC_* */
     __u8 carried;        /* REQ_START: leading captured bytes that earlier syscalls moved */
     __u8 detail;         /* BLIND: HTTP_BLIND_*; otherwise 0 */
-    __u16 reserved;      /* zero; keeps the header a multiple of 8 bytes */
+    /* The other end of the connection, as the user buffers of accept (the client) or
+     * connect (the server) held it; see HTTP_F_PEER_*. A property of the connection, so
+     * it rides on every record as conn_ns and role do. */
+    __u16 peer_port;     /* host order; 0 when not seen */
+    __u8 peer_addr[16];  /* network order: IPv4 in the first 4 bytes, or IPv6 */
 };
 
 #endif /* OBSCONFORM_HTTP_EVENT_H */

@@ -5,9 +5,10 @@
  * not exist. Every program starts with the target filter (a tgid set, optionally a
  * cgroup) so that the rest of the system pays two array reads per syscall.
  *
- * Per connection (tgid, fd) the program keeps byte counts and the last read/write times
- * in "conns" and writes one ring-buffer record per request-side event (request start,
- * header continuation, response start, close), one per connection that is not HTTP/1.x
+ * Per connection (tgid, fd) the program keeps byte counts, the last read/write times and
+ * the peer's address (from the user buffers of accept/connect) in "conns" and writes one
+ * ring-buffer record per request-side event (request start, header continuation,
+ * response start, close), one per connection that is not HTTP/1.x
  * (a blind spot) and one when a target process exits. Body bytes never produce a record:
  * their totals and times ride along on the next record of the connection.
  *
@@ -101,13 +102,15 @@ struct conn_state {
     u64 wr_bytes;
     u64 hdr_tail; /* last bytes scanned for the header terminator (it may span reads) */
     u64 pend;     /* request-side bytes that may begin a request line split over syscalls */
+    u64 peer_addr[2]; /* the peer's address as struct http_event has it (set once, see read_peer) */
     u16 cap_used; /* header bytes captured for the current request */
+    u16 peer_port;
     u8 role;
     u8 phase;
     u8 by_content;
     u8 pend_len;
     u8 seen;      /* the first request-side bytes were classified (HTTP or blind) */
-    u8 pad;
+    u8 peer_flags; /* HTTP_F_PEER_INET / HTTP_F_PEER_INET6, or 0 when the peer is unknown */
 };
 
 struct scratch_t {
@@ -217,10 +220,11 @@ static __always_inline void fill_header(struct http_event *ev, struct conn_state
     ev->cap_len = 0;
     ev->cap_off = 0;
     ev->role = c->role;
-    ev->flags = c->by_content ? HTTP_F_BY_CONTENT : 0;
+    ev->flags = (c->by_content ? HTTP_F_BY_CONTENT : 0) | c->peer_flags;
     ev->carried = 0;
     ev->detail = 0;
-    ev->reserved = 0;
+    ev->peer_port = c->peer_port;
+    __builtin_memcpy(ev->peer_addr, c->peer_addr, sizeof(ev->peer_addr));
 }
 
 /* Writes ev plus n captured bytes; wakes user space only every WAKEUP_BYTES per CPU
@@ -250,11 +254,9 @@ static __always_inline void emit(struct scratch_t *s, u32 n)
         __sync_fetch_and_add(done, (size + 8 + 7) & ~7ULL);
 }
 
-static __always_inline int stash(s32 fd, u64 ptr, u64 cnt, s32 nr, u8 sc, u8 dir, u8 shape)
+/* Saves a syscall's arguments for its exit, if thread id belongs to a target. */
+static __always_inline int save_args(u64 id, s32 fd, u64 ptr, u64 cnt, s32 nr, u8 sc, u8 dir, u8 shape)
 {
-    u64 id = bpf_get_current_pid_tgid();
-    if (!passes_prefilter(id >> 32))
-        return 0;
     /* A thread with an entry belongs to a target (entries are made for targets only, and
      * go when the thread exits or its process stops being one), so the target set is
      * looked up only for a thread's first syscall. Rewriting the entry in place costs a
@@ -277,6 +279,14 @@ static __always_inline int stash(s32 fd, u64 ptr, u64 cnt, s32 nr, u8 sc, u8 dir
     if (io_args.update(&id, &a))
         count(HTTP_CTR_IO_MAP_FULL);
     return 0;
+}
+
+static __always_inline int stash(s32 fd, u64 ptr, u64 cnt, s32 nr, u8 sc, u8 dir, u8 shape)
+{
+    u64 id = bpf_get_current_pid_tgid();
+    if (!passes_prefilter(id >> 32))
+        return 0;
+    return save_args(id, fd, ptr, cnt, nr, sc, dir, shape);
 }
 
 int obsc_en_read(struct tracepoint__syscalls__sys_enter_read *args)
@@ -598,24 +608,97 @@ int obsc_ex_io(struct sys_exit_args *args)
     return 0;
 }
 
-static __always_inline void track_conn(u32 tgid, s32 fd, u8 role, u64 now)
+#define AF_INET_ 2
+#define AF_INET6_ 10
+
+/* Keeps the peer of a new connection from a struct sockaddr in user memory (the caller's
+ * buffer, user ABI: family u16, port u16 big-endian, then an IPv4 address, or flowinfo u32
+ * and an IPv6 address). len is how many bytes of the buffer are the caller's; whatever
+ * else (AF_UNIX, a short buffer, a fault) leaves the peer unknown. */
+static __always_inline void read_peer(struct conn_state *c, u64 addr, u32 len)
+{
+    u64 head = 0; /* family, port, and for AF_INET the address */
+    if (!addr || len < 8 || bpf_probe_read_user(&head, sizeof(head), (void *)addr))
+        return;
+    u16 family = head & 0xffff;
+    u16 port = bpf_ntohs((u16)(head >> 16));
+    if (family == AF_INET_) {
+        c->peer_addr[0] = head >> 32;
+        c->peer_flags = HTTP_F_PEER_INET;
+    } else if (family == AF_INET6_ && len >= 24) {
+        if (bpf_probe_read_user(c->peer_addr, sizeof(c->peer_addr), (void *)(addr + 8)))
+            return;
+        c->peer_flags = HTTP_F_PEER_INET6;
+    } else {
+        return;
+    }
+    c->peer_port = port;
+}
+
+/* addr/len: the peer's struct sockaddr in user memory (0: not known). */
+static __always_inline void track_conn(u32 tgid, s32 fd, u8 role, u64 now, u64 addr, u32 len)
 {
     u64 key = conn_key(tgid, fd);
     struct conn_state c = {};
     c.conn_ns = now;
     c.role = role;
+    read_peer(&c, addr, len);
     /* A stale entry (fd closed by dup2/close_range/exit) is replaced: user space sees a
      * new conn_ns and ends the old connection. */
     if (conns.update(&key, &c))
         count(HTTP_CTR_CONN_MAP_FULL);
 }
 
+/* accept/accept4: the enter saves where the kernel will write the client's address
+ * (upeer_sockaddr) and how big that buffer is (*upeer_addrlen before the call), the exit
+ * reads the address from there. Callers that pass NULL (libuv, so Node.js) leave the peer
+ * unknown: nothing else the program may read holds it. */
+static __always_inline int stash_accept(s32 fd, u64 addr, u64 lenp, s32 nr)
+{
+    u64 id = bpf_get_current_pid_tgid();
+    if (!passes_prefilter(id >> 32))
+        return 0;
+    s32 len = 0;
+    if (addr && lenp && bpf_probe_read_user(&len, sizeof(len), (void *)lenp))
+        len = 0;
+    return save_args(id, fd, addr, len > 0 ? len : 0, nr, 0, DIR_READ, SHAPE_ACCEPT);
+}
+
+#ifndef OBSC_NO_ACCEPT
+int obsc_en_accept(struct tracepoint__syscalls__sys_enter_accept *args)
+{
+    return stash_accept(args->fd, (u64)args->upeer_sockaddr, (u64)args->upeer_addrlen, args->__syscall_nr);
+}
+#endif
+
+#ifndef OBSC_NO_ACCEPT4
+int obsc_en_accept4(struct tracepoint__syscalls__sys_enter_accept4 *args)
+{
+    return stash_accept(args->fd, (u64)args->upeer_sockaddr, (u64)args->upeer_addrlen, args->__syscall_nr);
+}
+#endif
+
 int obsc_ex_accept(struct sys_exit_args *args)
 {
     u64 id = bpf_get_current_pid_tgid();
-    if (!is_target(id >> 32) || args->ret < 0)
+    u32 tgid = id >> 32;
+    if (!passes_prefilter(tgid))
         return 0;
-    track_conn(id >> 32, args->ret, HTTP_ROLE_SERVER, bpf_ktime_get_ns());
+    struct io_args *ap = io_args.lookup(&id); /* found: a target's thread (see save_args) */
+    u64 addr = 0;
+    u32 len = 0;
+    if (ap) {
+        if (ap->nr == args->syscall_nr && ap->shape == SHAPE_ACCEPT) {
+            addr = ap->ptr;
+            len = ap->cnt;
+            ap->nr = NR_DONE;
+        }
+    } else if (!is_target(tgid)) {
+        return 0;
+    }
+    if (args->ret < 0)
+        return 0;
+    track_conn(tgid, args->ret, HTTP_ROLE_SERVER, bpf_ktime_get_ns(), addr, len);
     return 0;
 }
 
@@ -629,7 +712,9 @@ int obsc_en_connect(struct tracepoint__syscalls__sys_enter_connect *args)
     bpf_probe_read_user(&family, sizeof(family), (void *)args->uservaddr);
     if (family != 1 /* AF_UNIX */ && family != 2 /* AF_INET */ && family != 10 /* AF_INET6 */)
         return 0;
-    struct io_args a = {.fd = args->fd, .nr = args->__syscall_nr, .shape = SHAPE_CONNECT};
+    /* The address stays in the caller's buffer for the exit to read the peer from. */
+    struct io_args a = {.ptr = (u64)args->uservaddr, .cnt = (u32)args->addrlen, .fd = args->fd,
+                        .nr = args->__syscall_nr, .shape = SHAPE_CONNECT};
     if (io_args.update(&id, &a)) /* rare enough (connect) to replace the whole entry */
         count(HTTP_CTR_IO_MAP_FULL);
     return 0;
@@ -643,11 +728,13 @@ int obsc_ex_connect(struct sys_exit_args *args)
         return 0;
     s32 fd = ap->fd;
     int is_connect = ap->shape == SHAPE_CONNECT;
+    u64 addr = ap->ptr;
+    u32 len = ap->cnt;
     ap->nr = NR_DONE;
     if (!is_connect)
         return 0;
     if (args->ret == 0 || args->ret == -ERR_EINPROGRESS)
-        track_conn(id >> 32, fd, HTTP_ROLE_CLIENT, bpf_ktime_get_ns());
+        track_conn(id >> 32, fd, HTTP_ROLE_CLIENT, bpf_ktime_get_ns(), addr, len);
     return 0;
 }
 #endif

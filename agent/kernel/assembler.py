@@ -30,7 +30,7 @@ from agent.evidence import KernelRequest
 from agent.kernel.clock import ClockMap
 from agent.kernel.events import (
     BLIND_KINDS, EV_BLIND, EV_CLOSE, EV_EXIT, EV_REQ_CONT, EV_REQ_START, EV_RESP_START, F_BY_CONTENT,
-    F_HDR_DONE, F_TRUNCATED, ROLE_SERVER, SC_WRITE, SOCKET_ONLY_SYSCALLS, Event,
+    F_HDR_DONE, F_TRUNCATED, ROLE_SERVER, SC_WRITE, SOCKET_ONLY_SYSCALLS, Event, peer_of,
 )
 from agent.kernel.wire import message_starts, parse_requests, parse_statuses  # noqa: F401 (re-exported)
 
@@ -71,6 +71,8 @@ class _Req:
     parent_request: str | None = None
     aborted: bool = False
     resp_base: int = 0  # response-side byte total when the request was queued / answered
+    peer_addr: str = ""
+    peer_port: int = 0
 
     def to_record(self, clock: ClockMap) -> KernelRequest:
         return KernelRequest(
@@ -81,18 +83,21 @@ class _Req:
             t_resp_first=clock.to_unix(self.t_resp_first), t_resp_last=clock.to_unix(self.t_resp_last),
             req_bytes=self.req_bytes, resp_bytes=self.resp_bytes,
             interim_statuses=list(self.interim_statuses), parent_request=self.parent_request,
-            aborted=self.aborted,
+            aborted=self.aborted, peer_addr=self.peer_addr, peer_port=self.peer_port,
         )
 
 
 class _Conn:
     __slots__ = ("tgid", "fd", "conn_ns", "name", "server", "seq", "capture", "cap_ts", "cap_tid",
-                 "cap_resp_base", "chunk", "chunk_base", "fifo", "responding", "last", "ignored")
+                 "cap_resp_base", "chunk", "chunk_base", "fifo", "responding", "last", "ignored",
+                 "peer_addr", "peer_port")
 
     def __init__(self, ev: Event, name: str) -> None:
         self.tgid, self.fd, self.conn_ns = ev.tgid, ev.fd, ev.conn_ns
         self.name = name
         self.server = ev.role == ROLE_SERVER
+        # Every record of a connection carries its peer (kept at accept/connect): once here.
+        self.peer_addr, self.peer_port = peer_of(ev)
         self.seq = 0
         self.capture: bytearray | None = None  # header bytes of the request being captured
         self.cap_ts = self.cap_tid = 0
@@ -244,6 +249,7 @@ class Assembler:
                 fd=conn.fd, method=m["method"], target=m["url"].decode("latin-1"),
                 version=m["version"], headers=m["headers"], headers_complete=m["complete"],
                 t_req_first=conn.cap_ts, resp_base=conn.cap_resp_base,
+                peer_addr=conn.peer_addr, peer_port=conn.peer_port,
             )
             new.append(req)
             self._next_id += 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import socket
 import struct
 from dataclasses import dataclass
 
@@ -25,6 +26,8 @@ ROLE_CLIENT = 2
 F_HDR_DONE = 0x01
 F_TRUNCATED = 0x02
 F_BY_CONTENT = 0x04
+F_PEER_INET = 0x08
+F_PEER_INET6 = 0x10
 
 SC_READ = 1
 SC_READV = 2
@@ -105,7 +108,8 @@ class HttpEvent(ctypes.Structure):
         ("syscall", ctypes.c_uint8),
         ("carried", ctypes.c_uint8),
         ("detail", ctypes.c_uint8),
-        ("reserved", ctypes.c_uint16),
+        ("peer_port", ctypes.c_uint16),
+        ("peer_addr", ctypes.c_uint8 * 16),
     ]
 
 
@@ -120,7 +124,8 @@ def _struct_format() -> struct.Struct:
     fmt, pos = "<", 0
     for name, ctype in HttpEvent._fields_:
         off = getattr(HttpEvent, name).offset
-        fmt += "x" * (off - pos) + _CTYPE_FORMAT[ctype]
+        code = f"{ctype._length_}s" if issubclass(ctype, ctypes.Array) else _CTYPE_FORMAT[ctype]
+        fmt += "x" * (off - pos) + code
         pos = off + ctypes.sizeof(ctype)
     fmt += "x" * (ctypes.sizeof(HttpEvent) - pos)
     return struct.Struct(fmt)
@@ -154,6 +159,18 @@ class Event:
     data: bytes = b""
     carried: int = 0  # REQ_START: leading bytes of data that earlier syscalls moved
     detail: int = 0  # BLIND: BLIND_*
+    peer_port: int = 0  # the connection's other end (see F_PEER_*): host order, 0 unknown
+    peer_addr: bytes = b""  # 16 bytes, network order: IPv4 in the first 4
+
+
+def peer_of(ev: Event) -> tuple[str, int]:
+    """The printable peer address (IPv6 without brackets) and port of a record's connection,
+    or ("", 0) when the kernel did not see it."""
+    if ev.flags & F_PEER_INET:
+        return socket.inet_ntop(socket.AF_INET, ev.peer_addr[:4]), ev.peer_port
+    if ev.flags & F_PEER_INET6:
+        return socket.inet_ntop(socket.AF_INET6, ev.peer_addr[:16]), ev.peer_port
+    return "", 0
 
 
 class RecordError(ValueError):
@@ -166,7 +183,7 @@ def decode(raw: bytes) -> Event:
         raise RecordError(f"record of {len(raw)} bytes is shorter than the {HEADER_SIZE}-byte header")
     fields = _HEADER.unpack_from(raw)
     ev = Event(*fields[:16])
-    ev.carried, ev.detail = fields[16], fields[17]  # fields[18] is "reserved"
+    ev.carried, ev.detail, ev.peer_port, ev.peer_addr = fields[16:20]
     end = HEADER_SIZE + ev.cap_len
     if len(raw) < end:
         raise RecordError(f"record of {len(raw)} bytes announces {ev.cap_len} captured bytes")

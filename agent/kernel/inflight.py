@@ -25,7 +25,7 @@ from agent.kernel.events import (
 log = logging.getLogger(__name__)
 
 # Shapes of struct io_args (bpf/http_data.h SHAPE_*; a test checks they agree).
-SHAPE_BUF, SHAPE_IOV, SHAPE_MSG, SHAPE_NONE, SHAPE_CONNECT, SHAPE_SKIP = range(6)
+SHAPE_BUF, SHAPE_IOV, SHAPE_MSG, SHAPE_NONE, SHAPE_CONNECT, SHAPE_SKIP, SHAPE_ACCEPT = range(7)
 DIR_READ, DIR_WRITE = 0, 1
 MSG_PEEK = 2
 

@@ -282,9 +282,12 @@ class Probes:
         if not has_syscall("close"):
             raise ProbeError("this kernel has no syscalls:sys_enter_close tracepoint; pass --no-ebpf")
         plan.append(("obsc_en_close", "syscalls:sys_enter_close"))
-        for name in ("accept", "accept4"):
-            if has_syscall(name):
-                plan.append(("obsc_ex_accept", f"syscalls:sys_exit_{name}"))
+        for name, flag in (("accept", "OBSC_NO_ACCEPT"), ("accept4", "OBSC_NO_ACCEPT4")):
+            if has_syscall(name):  # the enter saves where the client's address goes
+                plan += [(f"obsc_en_{name}", f"syscalls:sys_enter_{name}"),
+                         ("obsc_ex_accept", f"syscalls:sys_exit_{name}")]
+            else:
+                self.config.absent.append(flag)
         if has_syscall("connect"):
             plan += [("obsc_en_connect", "syscalls:sys_enter_connect"),
                      ("obsc_ex_connect", "syscalls:sys_exit_connect")]

@@ -8,7 +8,8 @@ import pytest
 from agent.kernel.assembler import Assembler, ConnSnapshot, parse_requests, parse_statuses
 from agent.kernel.clock import ClockMap, ClockSample
 from agent.kernel.events import (
-    EV_CLOSE, EV_REQ_CONT, EV_REQ_START, EV_RESP_START, F_BY_CONTENT, F_HDR_DONE, F_TRUNCATED,
+    EV_CLOSE, EV_REQ_CONT, EV_REQ_START, EV_RESP_START, F_BY_CONTENT, F_HDR_DONE, F_PEER_INET,
+    F_PEER_INET6, F_TRUNCATED,
     ROLE_CLIENT, ROLE_SERVER, SC_READ, SC_SENDTO, SC_WRITE, Event,
 )
 
@@ -19,8 +20,9 @@ class Wire:
     """Plays syscalls on one connection and turns them into records like the probes do."""
 
     def __init__(self, asm: Assembler, role: int = ROLE_SERVER, tgid: int = 10, fd: int = 5,
-                 conn_ns: int = 1, flags: int = 0) -> None:
+                 conn_ns: int = 1, flags: int = 0, peer: tuple[int, bytes] = (0, b"")) -> None:
         self.asm, self.role, self.tgid, self.fd, self.conn_ns, self.flags = asm, role, tgid, fd, conn_ns, flags
+        self.peer = peer  # (port, 16 address bytes) every record carries, as the probes do
         self.t = 100
         self.rd = self.wr = self.last_rd = self.last_wr = 0
         self.capturing = False
@@ -30,7 +32,7 @@ class Wire:
                cap_off: int = 0) -> Event:
         return Event(self.t, self.conn_ns, self.last_rd, self.last_wr, self.rd, self.wr, ret,
                      self.tgid, tid or self.tgid, self.fd, len(data), cap_off, kind, self.role,
-                     self.flags | flags, sc, data)
+                     self.flags | flags, sc, data, peer_port=self.peer[0], peer_addr=self.peer[1])
 
     def _io(self, read: bool, data: bytes, tid: int = 0, sc: int = 0) -> None:
         self.t += 1000
@@ -219,6 +221,26 @@ def test_fd_reuse_without_close_ends_the_old_connection():
     new.close()
     got = asm.requests(CLOCK)
     assert [(r.target, r.conn, r.status) for r in got] == [("/old", "10:5:0", 200), ("/new", "10:5:1", 200)]
+
+
+def test_every_request_of_a_connection_has_its_peer_and_a_reused_fd_its_own():
+    v4 = bytes([10, 1, 2, 3]) + bytes(12)
+    v6 = bytes(15) + b"\x01"
+    asm = Assembler()
+    first = Wire(asm, conn_ns=1, flags=F_PEER_INET, peer=(40001, v4))
+    for path in ("/a", "/b"):  # keep-alive
+        first.read(req(path))
+        first.write(resp())
+    first.close()
+    second = Wire(asm, conn_ns=2, flags=F_PEER_INET6, peer=(40002, v6))  # the same fd, accepted again
+    second.read(req("/c"))
+    second.write(resp())
+    unknown = Wire(asm, fd=6, peer=(0, bytes(16)))  # accept4(fd, NULL, NULL) or classified by content
+    unknown.read(req("/d"))
+    unknown.write(resp())
+    asm.finish_open({})
+    got = [(r.target, r.peer_addr, r.peer_port) for r in asm.requests(CLOCK)]
+    assert got == [("/a", "10.1.2.3", 40001), ("/b", "10.1.2.3", 40001), ("/c", "::1", 40002), ("/d", "", 0)]
 
 
 @pytest.mark.parametrize("is_socket,sc,kept", [

@@ -97,7 +97,7 @@ def test_io_args_shapes_used_for_priming_match_the_program():
     text = (BPF_DIR / "http_data.h").read_text()
     shapes = {m[1]: int(m[2]) for m in re.finditer(r"^#define\s+SHAPE_(\w+)\s+(\d+)", text, re.M)}
     assert shapes == {name: getattr(inflight, f"SHAPE_{name}")
-                      for name in ("BUF", "IOV", "MSG", "NONE", "CONNECT", "SKIP")}
+                      for name in ("BUF", "IOV", "MSG", "NONE", "CONNECT", "SKIP", "ACCEPT")}
 
 
 @pytest.mark.parametrize("name,args,expected", [
@@ -118,3 +118,17 @@ def test_a_blocked_syscall_becomes_the_io_args_its_enter_would_have_saved(name, 
     fields = inflight.io_args_fields(inflight.InFlight(1, 2, numbers[name], args))
     assert fields["nr"] == numbers[name] and fields["primed"] == 1
     assert {k: fields[k] for k in expected} == expected
+
+
+@pytest.mark.parametrize("flags, addr, port, expected", [
+    (events.F_PEER_INET, bytes([127, 0, 0, 1]) + b"\xee" * 12, 41000, ("127.0.0.1", 41000)),
+    (events.F_PEER_INET6, bytes(15) + b"\x01", 41001, ("::1", 41001)),
+    (events.F_PEER_INET6, bytes(10) + b"\xff\xff" + bytes([10, 0, 0, 7]), 80, ("::ffff:10.0.0.7", 80)),
+    (events.F_BY_CONTENT, bytes([127, 0, 0, 1]) + bytes(12), 41002, ("", 0)),
+], ids=["ipv4-ignores-the-other-12-bytes", "ipv6-without-brackets", "ipv4-mapped-stays-ipv6", "no-peer-flag-is-unknown"])
+def test_decode_reads_the_peer_and_peer_of_prints_it(flags, addr, port, expected):
+    head = events.HttpEvent(kind=events.EV_REQ_START, flags=flags, peer_port=port)
+    head.peer_addr[:] = addr
+    ev = events.decode(bytes(head))
+    assert (ev.peer_port, ev.peer_addr) == (port, addr)
+    assert events.peer_of(ev) == expected
