@@ -407,7 +407,8 @@ class EvidenceWriter:
 # distinct value (agent.jsonl.SharedValues): (string or int fields, fields holding dicts of
 # strings, fields whose whole value repeats).
 _REPEATING: dict[str, tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]] = {
-    "KernelRequest": (("conn", "direction", "method", "target", "version", "tgid", "tid"),
+    "KernelRequest": (("conn", "direction", "method", "target", "version", "tgid", "tid", "peer_addr",
+                       "peer_port"),
                       ("headers",), ("interim_statuses",)),
     "Span": (("name", "kind", "status_code", "scope"), ("attributes",),
              ("attributes", "resource", "events")),

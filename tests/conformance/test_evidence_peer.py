@@ -28,6 +28,13 @@ def test_peer_fields_round_trip(tmp_path):
     assert loaded == written
 
 
+def test_a_repeated_peer_address_is_one_string_after_loading(tmp_path):
+    # One client address for a whole run is the usual case: a million copies would cost ~60 MB.
+    loaded = load_evidence(_run(tmp_path, [_kernel(i, "127.0.0.1", 53000 + i % 2) for i in range(4)])).kernel
+    assert all(r.peer_addr is loaded[0].peer_addr for r in loaded)
+    assert loaded[2].peer_port is loaded[0].peer_port
+
+
 def test_evidence_without_peer_fields_loads_them_as_unknown(tmp_path):
     run = _run(tmp_path, [_kernel(i, "127.0.0.1", 52000 + i) for i in range(3)])
     path = run / KERNEL_FILE
