@@ -172,3 +172,27 @@ def test_sequential_requests_join_by_time_exactly_on_a_1ms_start_grid(tmp_path):
     assert j.unjoinable == []
     kt1 = result(evaluate(evidence(tmp_path, ks, kept), select=["KT-001"]), "KT-001")
     assert kt1.observed["missing"] == 4 and kt1.observed["joined_by_time"] == 36
+
+
+def test_the_driver_view_joins_by_marker_without_kernel_truth(tmp_path):
+    """Degraded mode (no kernel): the driver's record and the span meet by the marker, so
+    concurrent requests of a SUT that breaks propagation keep their own spans and the TC/BC
+    checks judge the right one."""
+    from agent.evidence import DriverRecord
+    from conformance.view import JOIN_MARKER as VIEW_MARKER, build_view
+
+    ks = [kreq(T0 + i * 100 * US, 3 * MS + i * 37 * US, marker=f"v-{i}", tp=sampled())
+          for i in range(6)]
+    driver = [DriverRecord(seq=i, phase="load", method="GET", path=k.path,
+                           request_headers={"user-agent": k.headers["user-agent"][0],
+                                            "traceparent": k.headers["traceparent"][0]},
+                           trace_id=parse_traceparent(k.headers["traceparent"][0]).trace_id,
+                           parent_id=parse_traceparent(k.headers["traceparent"][0]).parent_id,
+                           t_send_ns=k.t_req_first - 50 * US, t_recv_ns=k.t_resp_last + 50 * US,
+                           status=200) for i, k in enumerate(ks)]
+    spans = [span_for(k, continue_trace=False, ua=True) for k in ks]
+    ev = evidence(tmp_path, [], spans[::-1])
+    ev.driver = driver
+    view = build_view(ev, None)
+    for r in view.requests:
+        assert r.span is spans[r.driver.seq] and r.span_join == VIEW_MARKER and r.span_certain
