@@ -5,14 +5,16 @@ from __future__ import annotations
 import http.client
 import itertools
 import logging
+import secrets
 import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from agent._http import client_target, user_agent
-from agent.evidence import DRIVER_USER_AGENT, DriverRecord, EvidenceWriter
+from agent.evidence import DRIVER_MARKER, DRIVER_USER_AGENT, DriverRecord, EvidenceWriter
 from agent.tracecontext import new_traceparent, parse_traceparent
+from agent.urlpath import wire_path
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +52,14 @@ def load_plan(n: int, paths: list[str], phase: str = "load") -> list[PlannedRequ
 
 
 class LoadDriver:
-    """Sends plans to ``base_url``; every planned request gets exactly one DriverRecord."""
+    """Sends plans to ``base_url``; every planned request gets exactly one DriverRecord.
+
+    The path of ``base_url`` is a prefix put before every planned path (agent.urlpath); the
+    record's ``path`` is the target as sent. Every request carries the User-Agent
+    ``obsconform-driver/<version> req/<run_tag>-<seq>`` unless the plan sets its own: the
+    marker is unique in the run (``run_tag`` is random per driver unless given), so a span
+    recording User-Agent names its request without any trace context.
+    """
 
     def __init__(
         self,
@@ -58,8 +67,16 @@ class LoadDriver:
         writer: EvidenceWriter | None = None,
         timeout_s: float = 10.0,
         keep_alive: bool = True,
+        run_tag: str | None = None,
     ) -> None:
         parts = client_target(base_url, timeout_s, "base_url")
+        if parts.query or parts.fragment:
+            raise ValueError(f"base_url must have no query or fragment, got {base_url!r}")
+        tag = secrets.token_hex(3) if run_tag is None else run_tag
+        if not tag or not tag.isascii() or not all(c.isalnum() or c in "-_." for c in tag):
+            raise ValueError(f"run_tag must be letters, digits, '-', '_' or '.', got {run_tag!r}")
+        self.run_tag = tag
+        self._ua_prefix = f"{user_agent(DRIVER_USER_AGENT)}{DRIVER_MARKER}"
         self.base_url = base_url
         self.writer = writer
         self.timeout_s = timeout_s
@@ -128,7 +145,12 @@ class LoadDriver:
         return out
 
     def target(self, path: str) -> str:
-        return self._prefix + (path if path.startswith("/") else f"/{path}")
+        """The request target sent for a planned ``path``: the base URL's path before it."""
+        return wire_path(self._prefix, path)
+
+    def marker(self, seq: int) -> str:
+        """The User-Agent marker of request ``seq`` (see agent.evidence.driver_marker)."""
+        return f"{self.run_tag}-{seq}"
 
 
 class _Conn:
@@ -153,7 +175,7 @@ class _Conn:
         return conn
 
     def send(self, seq: int, req: PlannedRequest) -> DriverRecord:
-        headers = self._headers(req)
+        headers = self._headers(seq, req)
         sent: dict[str, str] = {}
         for name, value in headers:
             key = name.lower()
@@ -163,7 +185,7 @@ class _Conn:
             seq=seq,
             phase=req.phase,
             method=req.method,
-            path=req.path,
+            path=self.d.target(req.path),  # as sent: compares with the kernel's target
             request_headers=sent,
             trace_id=tp.trace_id if tp else "",
             parent_id=tp.parent_id if tp else "",
@@ -191,13 +213,13 @@ class _Conn:
             return rec
         return rec  # not reached
 
-    def _headers(self, req: PlannedRequest) -> list[tuple[str, str]]:
+    def _headers(self, seq: int, req: PlannedRequest) -> list[tuple[str, str]]:
         given = {name.lower() for name in req.headers}
         out: list[tuple[str, str]] = []
         if "host" not in given:
             out.append(("Host", self.d._host))
         if "user-agent" not in given:
-            out.append(("User-Agent", user_agent(DRIVER_USER_AGENT)))
+            out.append(("User-Agent", self.d._ua_prefix + self.d.marker(seq)))
         for name, value in req.headers.items():
             for v in value if isinstance(value, list) else [value]:
                 out.append((name, v))
@@ -210,7 +232,7 @@ class _Conn:
 
     def _exchange(self, rec: DriverRecord, req: PlannedRequest, headers: list[tuple[str, str]]) -> None:
         conn = self.http or self._open()
-        conn.putrequest(req.method, self.d.target(req.path), skip_host=True, skip_accept_encoding=True)
+        conn.putrequest(req.method, rec.path, skip_host=True, skip_accept_encoding=True)
         for name, value in headers:
             conn.putheader(name, value)
         self.used = True

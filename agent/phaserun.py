@@ -15,6 +15,7 @@ from agent.errors import ObsconformError
 from agent.evidence import AGENT_USER_AGENT, DriverRecord
 from agent.phases import Plan
 from agent.scrape import Scraper, ScrapeLoop
+from agent.urlpath import wire_path
 
 log = logging.getLogger(__name__)
 
@@ -24,10 +25,11 @@ PROGRESS_MIN_REQUESTS = 100  # phases at least this long report 25/50/75 %
 
 
 def health_probe(base_url: str, path: str, timeout_s: float = HEALTH_TIMEOUT_S) -> dict:
-    """GET ``path`` until it answers 2xx (5xx and refused connections are retried until the
-    deadline, 4xx is final); returns ``{path, status, waited_s, error}``, never raises."""
+    """GET ``path`` (under the path of ``base_url``, as the driver sends it) until it answers
+    2xx (5xx and refused connections are retried until the deadline, 4xx is final); returns
+    ``{path, status, waited_s, error}`` with the path as sent, never raises."""
     parts = urlsplit(base_url)
-    prefix = parts.path.rstrip("/")
+    target = wire_path(parts.path.rstrip("/"), path)
     cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
     t0 = time.monotonic()
     delay = 0.02
@@ -35,8 +37,8 @@ def health_probe(base_url: str, path: str, timeout_s: float = HEALTH_TIMEOUT_S) 
     while True:
         conn = cls(parts.hostname, parts.port, timeout=min(5.0, timeout_s))
         try:
-            conn.request("GET", prefix + path, headers={"User-Agent": user_agent(AGENT_USER_AGENT),
-                                                        "Connection": "close"})
+            conn.request("GET", target, headers={"User-Agent": user_agent(AGENT_USER_AGENT),
+                                                 "Connection": "close"})
             resp = conn.getresponse()
             resp.read()
             status, error = resp.status, ""
@@ -49,7 +51,7 @@ def health_probe(base_url: str, path: str, timeout_s: float = HEALTH_TIMEOUT_S) 
             break
         time.sleep(delay)  # backoff between polls of a service that is still starting
         delay = min(delay * 2, 0.5)
-    return {"path": path, "status": status, "waited_s": round(waited, 3), "error": error}
+    return {"path": target, "status": status, "waited_s": round(waited, 3), "error": error}
 
 
 def _percent(progress: Callable[[str], None], title: str) -> Callable[[int, int], None]:

@@ -22,6 +22,7 @@ from agent.scenario import DEFAULT_PROFILE, PROFILES
 from agent.sut import (
     LaunchedSut, host_port, otel_environment, process_environ, span_export_delay_s, tcp_open,
 )
+from agent.urlpath import UrlPlan, plan_url, targets_sent
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,7 @@ class RunConfig:
     port: int | None = None  # --port: the process tree listening on this TCP port
     cgroup: str | None = None  # --cgroup: a cgroup v2 directory, filtered in the kernel
     metrics_url: str | None = None
-    paths: list[str] | None = None  # default scenario's load paths ("/" when none is given)
+    paths: list[str] | None = None  # default scenario's load paths (none: the --url endpoint)
     requests: int = 200
     concurrency: int = 4
     out_dir: Path = Path("reports")
@@ -67,6 +68,7 @@ class RunConfig:
         if sum(x is not None for x in (self.exec_cmd, self.pid, self.port, self.cgroup)) != 1:
             raise InputError("give exactly one target: --exec CMD, --pid PID, --port PORT or --cgroup PATH")
         host_port(self.url)
+        self.url_plan()
         if self.metrics_url:
             host_port(self.metrics_url)
         if self.requests < 1:
@@ -117,19 +119,25 @@ class RunConfig:
     def sink_address(self) -> tuple[str, int]:
         return parse_listen(self.sink_listen or ANY_LOOPBACK_PORT, "--sink-listen", "127.0.0.1:8099")
 
+    def url_plan(self) -> UrlPlan:
+        """Where the requests go: --url's path prefixes every scenario path, or (no scenario,
+        no --path) is the load path itself (agent.urlpath)."""
+        return plan_url(self.url, bool(self.scenario_file is not None or self.scenario or self.paths))
+
     def resolved_scenario(self) -> dict:
         """The validated scenario as stored in RunMeta.scenario (InputError when malformed)."""
         if self.scenario_file is not None:
             return scenario_mod.from_file(self.scenario_file, catalog=self.catalog, metrics_url=self.metrics_url)
         if self.scenario:
             return scenario_mod.from_inline(self.scenario, catalog=self.catalog, metrics_url=self.metrics_url)
-        return scenario_mod.from_paths(self.paths or ["/"], catalog=self.catalog, metrics_url=self.metrics_url)
+        paths = self.paths or [self.url_plan().load_path or "/"]
+        return scenario_mod.from_paths(paths, catalog=self.catalog, metrics_url=self.metrics_url)
 
     def metrics_url_for(self, scenario: dict) -> str | None:
-        """--metrics-url, else the scenario's metrics_path on --url, else None (no scrapes)."""
+        """--metrics-url, else the scenario's metrics_path under --url, else None (no scrapes)."""
         if self.metrics_url or not scenario["metrics_path"]:
             return self.metrics_url
-        return self.url.rstrip("/") + scenario["metrics_path"]
+        return self.url_plan().base_url + scenario["metrics_path"]
 
 
 @dataclass
@@ -166,7 +174,8 @@ def run(cfg: RunConfig, progress: Progress = lambda msg: None) -> RunResult:
     writer = EvidenceWriter(run_dir)
     name, _, version = cfg.profile.rpartition("-")
     meta = RunMeta(run_id=run_id, started_at=now_rfc3339(), tool_version=__version__, host=host_info(),
-                   target={"url": cfg.url, "metrics_url": metrics_url or ""},
+                   target={"url": cfg.url, "metrics_url": metrics_url or "",
+                           "base_url": cfg.url_plan().base_url, "base_path": cfg.url_plan().prefix},
                    profile={"name": name, "version": version},
                    requests_sent=0, concurrency=cfg.concurrency, ebpf=not cfg.no_ebpf,
                    capture_bytes=cfg.capture_bytes, scenario=scenario)
@@ -316,7 +325,7 @@ def _collect(cfg: RunConfig, meta: RunMeta, writer: EvidenceWriter, stack: conte
 
     scenario = meta.scenario
     if scenario["health_path"]:
-        meta.extra["health"] = health = health_probe(cfg.url, scenario["health_path"])
+        meta.extra["health"] = health = health_probe(cfg.url_plan().base_url, scenario["health_path"])
         if health["status"] is None or not 200 <= health["status"] < 300:
             meta.notes.append(f"health probe GET {health['path']} answered "
                               f"{health['status'] or health['error']}")
@@ -328,9 +337,13 @@ def _collect(cfg: RunConfig, meta: RunMeta, writer: EvidenceWriter, stack: conte
         sizes[p.name] = sizes.get(p.name, 0) + len(p.requests)
     meta.extra["phases"] = sizes
     scraper = Scraper(metrics_url, writer) if metrics_url else None
-    driver = LoadDriver(cfg.url, writer)
+    driver = LoadDriver(cfg.url_plan().base_url, writer)
+    planned = targets_sent((r.method, driver.target(r.path)) for p in plan.phases for r in p.requests)
+    progress(f"sending to {cfg.url_plan().origin}: {_listed(*planned)}")
     records = run_phases(plan, driver, scraper, progress)
     meta.requests_sent = len(records)
+    meta.target["targets_sent"], meta.target["targets_distinct"] = \
+        targets_sent((r.method, r.path) for r in records)
     failed = sum(1 for r in records if r.status is None)
     if failed == len(records):
         raise ObsconformError(f"none of the {len(records)} requests got a response from {cfg.url}: "
@@ -355,6 +368,13 @@ def _collect(cfg: RunConfig, meta: RunMeta, writer: EvidenceWriter, stack: conte
                    "receivers": receiver.transports("http", *(["grpc"] if grpc_receiver else []))}
     if not quiet:
         meta.notes.append("telemetry was still arriving when the settle phase timed out")
+
+
+def _listed(targets: dict[str, int], distinct: int, shown: int = 3) -> str:
+    """``GET /a x180, GET /b x20 (+4 more)``: a progress line's view of targets_sent."""
+    items = [f"{t} x{n}" for t, n in list(targets.items())[:shown]]
+    more = distinct - len(items)
+    return ", ".join(items) + (f" (+{more} more)" if more > 0 else "")
 
 
 def judge(run_dir: Path, out_dir: Path, *, junit: Path | None = None, checks: list[str] | None = None) -> RunResult:

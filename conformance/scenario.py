@@ -1,13 +1,15 @@
 """What the checks read from the run's resolved scenario (``RunMeta.scenario``, see
 docs/SCENARIO.md): fan-out routes, route templates, the bizCode header, the errcode catalogue
-and its wire codes, and the driver's case names."""
+and its wire codes, the driver's case names, and the --url path prefix of the targets sent."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from agent.errcodes import entry_wire_code
-from agent.evidence import DriverRecord
+from agent.evidence import DriverRecord, RunMeta
+# The scenario's path of a target as sent: the target without the base_path prefix.
+from agent.urlpath import scenario_path as local_path
 from conformance.httpsem import route_matches
 
 FANOUT_SUFFIX = "@fanout"
@@ -22,15 +24,31 @@ def fanout_routes(scenario: dict[str, Any]) -> list[str]:
     return [str(r) for r in routes or []]
 
 
+def base_path(meta: RunMeta) -> str:
+    """The --url path the driver put before every scenario path ("" for none, and for runs
+    recorded before it was kept): DriverRecord.path and kernel targets include it, the
+    scenario's routes do not (agent.urlpath)."""
+    value = (meta.target or {}).get("base_path")
+    return value if isinstance(value, str) else ""
+
+
+def route_templates(base: str, template: str | None) -> set[str]:
+    """A scenario route template as a span or metric may carry it: the app's own, and with
+    the prefix in front when the app is not mounted under it (both are right)."""
+    if not template:
+        return set()
+    return {template, base + template} if base else {template}
+
+
 def route_of(scenario: dict[str, Any], path: str) -> str | None:
     """The route template the scenario gives for a concrete request target."""
     routes = scenario.get("routes") or {}
     return routes.get(path) or routes.get(path.split("?", 1)[0])
 
 
-def is_fanout(scenario: dict[str, Any], d: DriverRecord) -> bool:
+def is_fanout(scenario: dict[str, Any], d: DriverRecord, base: str = "") -> bool:
     """Whether the request calls the downstream: its case says so, or its route fans out."""
-    return d.case.endswith(FANOUT_SUFFIX) or fans_out(scenario, d.path)
+    return d.case.endswith(FANOUT_SUFFIX) or fans_out(scenario, local_path(base, d.path))
 
 
 def fans_out(scenario: dict[str, Any], target: str) -> bool:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import textwrap
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 WIDTH = 80
 _STATUS = {"pass": "PASS", "fail": "FAIL", "skip": "skip", "inconclusive": "INCONC"}
@@ -41,6 +42,20 @@ def _kernel_notes(m: dict[str, Any]) -> list[str]:
     return out
 
 
+def _sent(report: dict[str, Any]) -> str:
+    """``sent: 215 requests to http://h:8000: GET /items/7 x200, GET /items/7?x=1 x15``:
+    where the driver's requests went, so a wrong --url shows before any check does."""
+    target = report.get("target") or {}
+    line = f"sent: {report['run'].get('requests_sent', 0)} requests"
+    parts = urlsplit(str(target.get("base_url") or target.get("url") or ""))
+    if parts.netloc:  # the targets below are whole paths: the origin alone, not the prefix
+        line += f" to {parts.scheme}://{parts.netloc}"
+    sent = target.get("targets_sent")
+    if isinstance(sent, dict) and sent:
+        line += ": " + ", ".join(f"{t} x{n}" for t, n in sent.items())
+    return line
+
+
 def render_summary(report: dict[str, Any], report_path: Path | str | None = None) -> str:
     """Terminal text for ``report``; ends with the report path when given."""
     summary = report["summary"]
@@ -58,6 +73,7 @@ def render_summary(report: dict[str, Any], report_path: Path | str | None = None
                      f"{c['level']:<6} {' '.join(str(c['message']).split())}")
     counts = summary["counts"]["by_status"]
     lines.append("checks: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
+    lines.append(_sent(report))
     m = report["measurements"]
     k = m["kernel"]
     lines.append(f"kernel: {_num(k['requests'])} requests, {_num(k['outbound_requests'])} "

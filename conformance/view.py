@@ -29,7 +29,7 @@ from agent.tracecontext import parse_traceparent
 from conformance.httpsem import route_matches, span_method, span_path, span_route
 from conformance.index import EMPTY, SpanIndex, SpansByParent, appended, empty, index_spans
 from conformance.join import BASE_SLOP_NS, Joined
-from conformance.scenario import FANOUT_SUFFIX, base_case, fans_out
+from conformance.scenario import FANOUT_SUFFIX, base_case, base_path, fans_out, local_path
 
 JOIN_KEY, JOIN_KERNEL, JOIN_HEURISTIC = "traceparent", "kernel", "heuristic"
 SOURCE_KERNEL, SOURCE_DOWNSTREAM = "kernel", "downstream"
@@ -128,6 +128,7 @@ def build_view(evidence: Evidence, joined: Joined | None, index: SpanIndex | Non
     """The driver's view of ``evidence``; ``index``: its spans indexed (else the join's
     index, else built here)."""
     scenario = evidence.meta.scenario or {}
+    base = base_path(evidence.meta)  # driver paths are as sent; the scenario's have no prefix
     slop = BASE_SLOP_NS + int(evidence.meta.clock.get("uncertainty_ns") or 0)
     fan_paths: dict[str, bool] = {}  # targets repeat: each is matched against the routes once
 
@@ -135,7 +136,7 @@ def build_view(evidence: Evidence, joined: Joined | None, index: SpanIndex | Non
         if d.case.endswith(FANOUT_SUFFIX):
             return True
         if (found := fan_paths.get(d.path)) is None:
-            found = fan_paths[d.path] = fans_out(scenario, d.path)
+            found = fan_paths[d.path] = fans_out(scenario, local_path(base, d.path))
         return found
 
     reqs = [RequestView(d, fanout(d), EMPTY, "", None, EMPTY)  # positional: a million
@@ -190,7 +191,7 @@ def build_view(evidence: Evidence, joined: Joined | None, index: SpanIndex | Non
     tight = int(evidence.meta.clock.get("uncertainty_ns") or 0)
     for window in (tight, slop):
         if pool:
-            _join_heuristic([r for r in reqs if not r.spans], pool, window)
+            _join_heuristic([r for r in reqs if not r.spans], pool, window, base)
     del pool, agent_spans
     _mark_overlaps(reqs)
     unattributed = _attach_downstream(reqs, evidence.downstream, tight)
@@ -227,8 +228,10 @@ def _from_kernel(k: KernelRequest) -> Outbound:
     return Outbound(SOURCE_KERNEL, HOW_PARENT, k.method, k.target, k.headers, k.t_req_first)
 
 
-def _join_heuristic(reqs: list[RequestView], pool: dict[int, Span], slop: int) -> None:
-    """Same method, same path or a route template matching it, starting in the window."""
+def _join_heuristic(reqs: list[RequestView], pool: dict[int, Span], slop: int,
+                    base: str = "") -> None:
+    """Same method, same path or a route template matching it, starting in the window (an
+    app mounted under the --url path ``base`` may leave the prefix out of both)."""
     if not reqs or not pool:
         return
     spans = sorted(pool.values(), key=lambda s: s.start_ns)
@@ -236,6 +239,7 @@ def _join_heuristic(reqs: list[RequestView], pool: dict[int, Span], slop: int) -
     for r in reqs:
         d = r.driver
         path = d.path.split("?", 1)[0]
+        paths = (path, local_path(base, path)) if base else (path,)
         lo = d.t_send_ns - slop
         hi = (d.t_recv_ns or d.t_send_ns) + slop
         best = None
@@ -244,9 +248,9 @@ def _join_heuristic(reqs: list[RequestView], pool: dict[int, Span], slop: int) -
             if id(s) not in pool or (span_method(s) or d.method.upper()) != d.method.upper():
                 continue
             sp, route = span_path(s), span_route(s)
-            if sp is not None and sp != path:
+            if sp is not None and sp not in paths:
                 continue
-            if sp is None and (route is None or not route_matches(route, path)):
+            if sp is None and (route is None or not any(route_matches(route, p) for p in paths)):
                 continue
             if best is None or abs(s.start_ns - d.t_send_ns) < abs(best.start_ns - d.t_send_ns):
                 best = s

@@ -3,12 +3,13 @@ KT-003 (latency drift), KT-007 (agent self-loss). KT-002 lives in kt_metrics."""
 
 from __future__ import annotations
 
+import bisect
 from collections import defaultdict
 from typing import Any
 
 from agent.evidence import KernelRequest
 from conformance.gate import agent_loss
-from conformance.join import JOIN_KEYS, JOIN_UNJOINABLE, JoinedRequest
+from conformance.join import BASE_SLOP_NS, JOIN_KEYS, JOIN_UNJOINABLE, JoinedRequest
 from conformance.model import Finding
 from conformance.registry import CheckContext, check
 from conformance.stats import describe, share_exceeded
@@ -232,6 +233,17 @@ def agent_lost_nothing(ctx: CheckContext) -> Finding:
     unseen = [d for d in ctx.joined.unmatched_driver if d.status is not None]
     observed = {**counters, "driver_answers_unseen": len(unseen)}
     expected["driver_answers_unseen"] = 0
+    slop = BASE_SLOP_NS + int(meta.clock.get("uncertainty_ns") or 0)
+    paired = _unpaired_kernel_requests(unseen, ctx.joined.requests, slop) if unseen else []
+    if paired:
+        # The kernel saw a request then that no driver record joined (a target recorded
+        # otherwise than sent, a proxy rewriting it): seen, only not paired by the agent.
+        taken = {id(d) for d, _ in paired}
+        unseen = [d for d in unseen if id(d) not in taken]
+        observed.update(driver_answers_unseen=len(unseen), driver_answers_unpaired=len(paired))
+        evidence["unpaired"] = [{"seq": d.seq, "driver": f"{d.method} {d.path}",
+                                 "kernel": f"{k.method} {k.target}", "request": k.id}
+                                for d, k in paired[:SAMPLE_LIMIT]]
     if unseen:
         evidence["samples"] = [{"seq": d.seq, "method": d.method, "path": d.path,
                                 "status": d.status, "trace_id": d.trace_id or None}
@@ -247,8 +259,36 @@ def agent_lost_nothing(ctx: CheckContext) -> Finding:
             "target, and the agent counted no loss: its view is incomplete (the URL is "
             "answered by a process outside the target, or requests were missed silently)",
             observed, expected, **evidence)
+    if paired:
+        d, k = paired[0]
+        return Finding.inconclusive(
+            f"{len(paired)} answer(s) the driver got joined no kernel request, but the kernel "
+            "saw as many requests under test at those times that joined no driver record (e.g. "
+            f"driver {d.method} {d.path}, kernel {k.method} {k.target}): the agent could not "
+            "pair them; no evidence against the SUT", observed, expected, **evidence)
     return Finding.passed("no ring-buffer drop, truncated capture or full map; the kernel saw "
                           "every answer the driver got", observed, expected, **evidence)
+
+
+def _unpaired_kernel_requests(unseen: list[Any], requests: list[JoinedRequest], slop: int
+                              ) -> list[tuple[Any, KernelRequest]]:
+    """Driver records the join left alone, each with a kernel request under test that no
+    driver record joined, of its method and arriving inside its send/receive window (each
+    kernel request used once, the earliest first): the kernel saw them, the join failed."""
+    free = sorted((r.kernel for r in requests if r.driver is None), key=lambda k: k.t_req_first)
+    used: set[int] = set()
+    out = []
+    for d in sorted(unseen, key=lambda d: d.t_send_ns):
+        lo, hi = d.t_send_ns - slop, (d.t_recv_ns or d.t_send_ns) + slop
+        for i in range(bisect.bisect_left(free, lo, key=lambda k: k.t_req_first), len(free)):
+            k = free[i]
+            if k.t_req_first > hi:
+                break
+            if i not in used and k.method == d.method.upper():
+                used.add(i)
+                out.append((d, k))
+                break
+    return out
 
 
 def _server_blind_connections(stats: dict[str, Any]) -> int:

@@ -14,6 +14,7 @@ from conformance.metricsource import (
 )
 from conformance.model import Finding
 from conformance.registry import CheckContext, check
+from conformance.scenario import base_path, local_path
 from conformance.scrapes import last_good, metrics_path, parsed_scrape
 
 MISMATCH_LIMIT = 20
@@ -33,9 +34,10 @@ class Comparison:
 
 
 def compare(series: Series, under_test: list[KernelRequest], agent: list[KernelRequest],
-            agent_paths: set[str], tolerance: float) -> Comparison:
+            agent_paths: set[str], tolerance: float, base: str = "") -> Comparison:
     """Per-key comparison of ``series`` with kernel counts; agent requests excluded on
-    both sides when the metric has a route label, else accepted either way."""
+    both sides when the metric has a route label, else accepted either way. ``base``: the
+    --url path prefix, which an app mounted under it leaves out of its route labels."""
     counts = dict(series.counts)
     notes = list(series.notes)
     has_route = bool(series.labels.get("route"))
@@ -48,6 +50,8 @@ def compare(series: Series, under_test: list[KernelRequest], agent: list[KernelR
 
     def route_of(k: KernelRequest) -> str:
         found = matcher.match(k.path) if matcher else k.path
+        if found is None and matcher and base:  # a mounted app's route: without the prefix
+            found = matcher.match(local_path(base, k.path))
         if found is None and matcher:
             # A request no template matched: the exporter's "no route" value when it has one.
             found = next((u for u in UNTEMPLATED if u in matcher.exact), None)
@@ -105,8 +109,12 @@ def compare(series: Series, under_test: list[KernelRequest], agent: list[KernelR
                            "kernel": k, "metric": _num(m), "diff": _num(m - k)})
     mismatches.sort(key=lambda x: -abs(x["diff"]))
     observed = {
-        "metric": series.metric, "source": series.source,
-        "labels": dict(series.labels), "status_classes": series.status_classes,
+        # The family and every exporter known to emit it: one name is often used by
+        # several libraries, so no single one is claimed. labels: dim -> the name read.
+        "metric": series.metric, "family": series.family, "source": series.source,
+        "found_by": series.found_by, "candidate_exporters": list(series.exporters),
+        "labels": dict(series.labels), "label_names": list(series.label_names),
+        "status_classes": series.status_classes,
         "kernel_count": sum(kernel.values()), "metric_count": _num(sum(counts.values())),
         "series": len(set(counts) | set(kernel)), "mismatched_series": len(mismatches),
         "excluded_routes": excluded,
@@ -144,6 +152,18 @@ def _reconcile_untemplated(series: Series, counts: dict[Key, float], kernel: Cou
     for k in [k for k, n in kernel.items() if n == 0]:
         del kernel[k]
     return moved
+
+
+def used_text(observed: dict[str, Any]) -> str:
+    """Which metric was compared, where it was read and who is known to emit it."""
+    text = f"{observed['metric']} from {observed['source']}"
+    if observed.get("found_by") == "named by the scenario":
+        text += ", named by the scenario"
+    known = observed.get("candidate_exporters") or []
+    if known:
+        text += "; known from " + (known[0] if len(known) == 1
+                                   else f"{', '.join(known[:-1])} or {known[-1]}")
+    return text
 
 
 def _num(value: float) -> float | int:
@@ -195,7 +215,7 @@ def metric_counts_match_kernel(ctx: CheckContext) -> Finding:
                 inside = _answered(under_test, before.t_ns, after.t_ns)
                 c = compare(prometheus_series(b, a, candidate, overrides), inside,
                             _answered(agent, before.t_ns, after.t_ns),
-                            agent_paths, tolerance)
+                            agent_paths, tolerance, base_path(ev.meta))
                 c.observed["scrapes"] = {"before": before.seq, "after": after.seq}
                 if len(inside) < len(under_test):
                     c.notes.append(f"{len(under_test) - len(inside)} request(s) under test "
@@ -208,7 +228,7 @@ def metric_counts_match_kernel(ctx: CheckContext) -> Finding:
     if otlp is not None:
         since = start if otlp.counted_since_ns is None else otlp.counted_since_ns
         c = compare(otlp, _answered(under_test, since, None),
-                    _answered(agent, since, None), agent_paths, tolerance)
+                    _answered(agent, since, None), agent_paths, tolerance, base_path(ev.meta))
         observed["otlp"] = c.observed
         comparisons.append(c)
 
@@ -224,7 +244,7 @@ def metric_counts_match_kernel(ctx: CheckContext) -> Finding:
     if not comparisons or (named and observed["prometheus"] is None):
         return Finding.inconclusive("; ".join(problems) or "no request metric to compare",
                                     observed, expected, **evidence)
-    used = " and ".join(f"{c.observed['metric']} ({c.observed['source']})" for c in comparisons)
+    used = " and ".join(used_text(c.observed) for c in comparisons)
     if mismatches:
         first = mismatches[0]
         where = " ".join(str(first[d]) for d in ("method", "route", "status") if d in first)

@@ -18,6 +18,7 @@ from conformance.metricsource import (
 )
 from conformance.model import Finding
 from conformance.registry import CheckContext, check
+from conformance.scenario import base_path
 from conformance.scrapes import last_good, metrics_path, parsed_scrape
 from conformance.stats import describe, share_exceeded
 
@@ -94,7 +95,7 @@ def _metric_status(ctx: CheckContext, under_test: list[KernelRequest]) -> tuple[
 
     agent = window(to_server_of(str(ev.meta.target.get("url") or ""), ctx.joined.agent_requests))
     agent_paths = {k.path for k in ctx.joined.agent_requests} | {metrics_path(ev)}
-    c = compare(series, window(under_test), agent, agent_paths, 0)
+    c = compare(series, window(under_test), agent, agent_paths, 0, base_path(ev.meta))
     si = series.dims.index("status")
     groups: dict[tuple, dict[str, Counter]] = defaultdict(
         lambda: {"k": Counter(), "m": Counter(), "a": Counter()})

@@ -20,7 +20,7 @@ from conformance.httpsem import (
 )
 from conformance.model import Finding
 from conformance.registry import CheckContext, check
-from conformance.scenario import route_of
+from conformance.scenario import base_path, local_path, route_of, route_templates
 from conformance.view import RequestView, view_of
 
 SAMPLES = 10
@@ -31,10 +31,11 @@ OPT_IN = ("uses the pre-1.21 HTTP attribute names (http.method, http.status_code
           "instead of the stable ones: set OTEL_SEMCONV_STABILITY_OPT_IN=http (or http/dup)")
 
 
-def _name_ok(span: Span, method: str, path: str, template: str | None) -> bool:
+def _name_ok(span: Span, method: str, path: str, template: str | None, base: str = "") -> bool:
     """``{method}`` or ``{method} {target}`` with a low-cardinality target: http.route, the
-    scenario's template, or any template that matches the path (aiohttp-server names spans
-    by the resource's canonical path but sets http.route to the handler name)."""
+    scenario's template (with or without the --url prefix ``base``: an app may be mounted
+    under it), or any template that matches the path (aiohttp-server names spans by the
+    resource's canonical path but sets http.route to the handler name)."""
     m = "HTTP" if method == "_OTHER" else method
     if span.name == m:
         return True
@@ -42,13 +43,16 @@ def _name_ok(span: Span, method: str, path: str, template: str | None) -> bool:
         return False
     target = span.name[len(m) + 1:]
     route = span.attributes.get("http.route")
-    if target in {str(route) if route else None, template} - {None}:
+    if target in ({str(route)} if route else set()) | route_templates(base, template):
         return True
-    return route_regex(target) is not None and route_matches(target, path)
+    return route_regex(target) is not None and any(
+        route_matches(target, p) for p in {path, local_path(base, path)})
 
 
-def span_problems(r: RequestView, span: Span, scheme: str, template: str | None) -> list[str]:
-    """What is wrong with one server span against the request the driver sent."""
+def span_problems(r: RequestView, span: Span, scheme: str, template: str | None,
+                  base: str = "") -> list[str]:
+    """What is wrong with one server span against the request the driver sent (``base``:
+    the --url path prefix, on the wire and in url.path, not in the scenario's routes)."""
     d, a = r.driver, span.attributes
     path, _, query = d.path.partition("?")
     problems = []
@@ -76,7 +80,7 @@ def span_problems(r: RequestView, span: Span, scheme: str, template: str | None)
         problems.append("http.request.method_original is missing for a non-standard method")
     if d.status is not None and d.status >= 500 and "error.type" not in a:
         problems.append(f"error.type is missing on a {d.status} (required when the request failed)")
-    if not _name_ok(span, str(a.get("http.request.method") or want_method), path, template):
+    if not _name_ok(span, str(a.get("http.request.method") or want_method), path, template, base):
         route = a.get("http.route")
         problems.append(f"name {span.name!r} is not '{{method}} {{route}}' ("
                         f"{want_method} {route or template or ''}".rstrip() + ")")
@@ -91,6 +95,7 @@ def server_span_semconv(ctx: CheckContext) -> Finding:
     view = view_of(ctx)
     scheme = urlsplit(str(ev.meta.target.get("url") or "http://")).scheme or "http"
     scenario = ev.meta.scenario or {}
+    base = base_path(ev.meta)
     judged, failures, dual, ok_status = 0, [], 0, 0
     counts: Counter[str] = Counter()
     ambiguous = 0
@@ -107,7 +112,8 @@ def server_span_semconv(ctx: CheckContext) -> Finding:
         judged += 1
         dual += "http.request.method" in span.attributes and "http.method" in span.attributes
         ok_status += span.status_code == "OK"
-        problems = span_problems(r, span, scheme, route_of(scenario, r.driver.path))
+        problems = span_problems(r, span, scheme,
+                                 route_of(scenario, local_path(base, r.driver.path)), base)
         if problems:
             counts.update(p.split(" is ")[0].split(":")[0] for p in problems)
             failures.append(r.ref(name=span.name, kind=span.kind, status_code=span.status_code,

@@ -9,7 +9,7 @@ from collections import Counter
 import pytest
 
 from agent.driver import LoadDriver, PlannedRequest, load_plan
-from agent.evidence import DRIVER_USER_AGENT, RunMeta, load_evidence
+from agent.evidence import DRIVER_USER_AGENT, RunMeta, driver_marker, load_evidence
 from agent.tracecontext import new_traceparent, parse_traceparent
 
 
@@ -131,6 +131,34 @@ def test_seq_stays_unique_across_runs_and_base_path_is_kept(witness):
     second = driver.run(load_plan(2, ["y"], phase="tc"), concurrency=2)
     assert [r.seq for r in first + second] == [0, 1, 2, 3, 4]
     assert sorted(r.path for r in witness.requests) == ["/api/x"] * 3 + ["/api/y"] * 2
+    # The record names the target as sent: it is what the kernel sees and joins on.
+    assert sorted(r.path for r in first + second) == ["/api/x"] * 3 + ["/api/y"] * 2
+
+
+def test_every_request_carries_a_marker_unique_in_the_run(witness, writer):
+    plan = load_plan(30, ["/a", "/b"]) + [PlannedRequest("GET", "/c", phase="tc", case="tc/none")]
+    one, two = LoadDriver(witness.url, writer), LoadDriver(witness.url, writer)  # one run dir
+    records = one.run(plan, concurrency=4) + two.run(load_plan(5, ["/d"]), concurrency=2)
+    markers = [driver_marker(r.request_headers["user-agent"]) for r in records]
+    assert None not in markers and len(set(markers)) == len(records) == 36
+    assert markers[0] == one.marker(records[0].seq) == f"{one.run_tag}-0"
+    assert one.run_tag != two.run_tag and markers[-1] == f"{two.run_tag}-4"
+    for r in records:
+        ua = r.request_headers["user-agent"]
+        assert ua.startswith(f"{DRIVER_USER_AGENT}/") and ua.endswith(f" req/{driver_marker(ua)}")
+    on_wire = {_header(w, "user-agent")[0] for w in witness.requests}
+    assert on_wire == {r.request_headers["user-agent"] for r in records}
+    writer.meta(RunMeta(run_id="t", started_at="2025-01-01T00:00:00Z"))
+    assert [d.request_headers for d in load_evidence(writer.run_dir).driver] == \
+        [r.request_headers for r in records]
+
+
+def test_a_planned_user_agent_is_sent_unchanged(witness):
+    plan = [PlannedRequest("GET", "/own", {"User-Agent": "curl/8.5.0"}, phase="tc", case="tc/ua")]
+    [rec] = LoadDriver(witness.url, run_tag="t1").run(plan, concurrency=1)
+    assert _header(witness.requests[0], "user-agent") == ["curl/8.5.0"]
+    assert rec.request_headers["user-agent"] == "curl/8.5.0"
+    assert driver_marker(rec.request_headers["user-agent"]) is None
 
 
 def test_header_values_http_cannot_carry_are_errors_not_crashes(witness):
@@ -142,7 +170,9 @@ def test_header_values_http_cannot_carry_are_errors_not_crashes(witness):
 
 @pytest.mark.parametrize(
     ("kwargs", "param"),
-    [({"base_url": "localhost:8080"}, "base_url"), ({"timeout_s": 0}, "timeout_s")],
+    [({"base_url": "localhost:8080"}, "base_url"), ({"timeout_s": 0}, "timeout_s"),
+     ({"base_url": "http://127.0.0.1:1/api?x=1"}, "base_url"), ({"run_tag": "a b"}, "run_tag"),
+     ({"run_tag": ""}, "run_tag")],
 )
 def test_bad_arguments_name_the_parameter(kwargs, param):
     with pytest.raises(ValueError, match=param):
