@@ -85,10 +85,12 @@ def server_span_status_problem(http_status: Any, span_status: str) -> str | None
 #   {id} {id:int} {rest:path}   Starlette/FastAPI, aiohttp, OTel http.route
 #   <id> <int:id> <path:rest>   Flask/Werkzeug, Django path()
 #   :id                         Express-style routers
+#   #val                        express-prom-bundle's path label (ids replaced by "#val")
 _PARAM = re.compile(
     r"\{(?P<b_name>[^{}:]+)(?::(?P<b_conv>[^{}]+))?\}"
     r"|<(?:(?P<a_conv>[^<>:]+):)?(?P<a_name>[^<>]+)>"
     r"|(?<=/):(?P<c_name>[A-Za-z_][A-Za-z0-9_]*)"
+    r"|(?<=/)#val(?=/|$)"
 )
 
 

@@ -13,44 +13,101 @@ from agent.evidence import MetricPoint
 from agent.exposition import Exposition, LabelsKey, labels_key, series_values
 
 
+# Who emits each family. One name is often used by several libraries (and by hand-written
+# code that follows the Prometheus naming convention), so a family names every one known:
+# the report lists them all and never claims one. Label names checked in each library's
+# source: prometheus-flask-exporter 0.23, prometheus-fastapi-instrumentator 8.1,
+# starlette-exporter 0.24, starlette-prometheus 0.10, asgi-monitor 0.6, django-prometheus
+# 2.5, express-prom-bundle 8.0 (on prom-client 15).
+OTEL_SDK = "OpenTelemetry SDK Prometheus exporter"
+OTEL_COLLECTOR = "OpenTelemetry Collector prometheus exporter"
+FLASK = "prometheus-flask-exporter"
+FASTAPI_INSTRUMENTATOR = "prometheus-fastapi-instrumentator"
+STARLETTE_EXPORTER = "starlette-exporter"
+STARLETTE_PROMETHEUS = "starlette-prometheus"
+DJANGO = "django-prometheus"
+EXPRESS_PROM_BUNDLE = "express-prom-bundle (prom-client)"
+HAND_WRITTEN = "hand-written (prometheus_client, prom-client, client_golang ...)"
+
+
+def asgi_monitor(framework: str) -> str:
+    return f"asgi-monitor ({framework})"
+
+
 @dataclass(frozen=True)
 class Candidate:
+    """A metric family that counts requests, and the exporters known to emit it."""
+
     sample: str  # the sample that counts requests: a counter's _total or a histogram's _count
-    source: str  # who exposes it under that name
+    exporters: tuple[str, ...]  # every library known to emit it under this name
+    found_by: str = "known family"  # or "named by the scenario"
+
+    @property
+    def family(self) -> str:
+        """The family's name: the sample without its _total/_count suffix."""
+        for suffix in ("_total", "_count"):
+            if self.sample.endswith(suffix):
+                return self.sample.removesuffix(suffix)
+        return self.sample
 
 
 # Searched in this order; where one library exposes two names, the one with more of
-# (method, route, status) comes first. Label names verified against each library's source.
+# (method, route, status) comes first. The comments give each exporter's label names.
 PROM_CANDIDATES = (
-    # OTel SDK Prometheus exporter: http_request_method, http_route, http_response_status_code
-    Candidate("http_server_request_duration_seconds_count", "OpenTelemetry HTTP semconv"),
+    # OTel SDK (any language) or Collector: http_request_method, http_route,
+    # http_response_status_code; code that writes the semconv name itself (the reference
+    # service does, with prometheus_client)
+    Candidate("http_server_request_duration_seconds_count", (OTEL_SDK, OTEL_COLLECTOR, HAND_WRITTEN)),
     # OTel instrumentations before semconv 1.21: http_method, http_route, http_status_code
-    Candidate("http_server_duration_milliseconds_count", "OpenTelemetry HTTP semconv < 1.21"),
+    Candidate("http_server_duration_milliseconds_count",
+              (f"{OTEL_SDK}, semconv < 1.21", f"{OTEL_COLLECTOR}, semconv < 1.21")),
     # prometheus-flask-exporter: method, path (or the group_by label), status
-    Candidate("flask_http_request_duration_seconds_count", "prometheus-flask-exporter"),
+    Candidate("flask_http_request_duration_seconds_count", (FLASK,)),
     # prometheus-flask-exporter: method, status (no route)
-    Candidate("flask_http_request_total", "prometheus-flask-exporter"),
-    # prometheus-fastapi-instrumentator: method, status ("2xx"), handler; Go promhttp: code
-    Candidate("http_requests_total", "prometheus-fastapi-instrumentator / Prometheus convention"),
-    # prometheus-fastapi-instrumentator: method, handler (no status)
-    Candidate("http_request_duration_seconds_count", "prometheus-fastapi-instrumentator"),
-    # starlette-prometheus: method, path_template, status_code
-    Candidate("starlette_responses_total", "starlette-prometheus"),
-    # starlette-exporter: method, path, status_code, app_name
-    Candidate("starlette_requests_total", "starlette-exporter"),
-    Candidate("starlette_request_duration_seconds_count", "starlette-exporter"),
-    # asgi-monitor for aiohttp: app_name, method, path, status_code (requests: no status)
-    Candidate("aiohttp_responses_total", "asgi-monitor (aiohttp)"),
-    Candidate("aiohttp_requests_total", "asgi-monitor (aiohttp)"),
-    # django-prometheus: method, status, view (a view name, not a path)
-    Candidate("django_http_responses_total_by_status_view_method_total", "django-prometheus"),
+    Candidate("flask_http_request_total", (FLASK,)),
+    # fastapi-instrumentator: method, status ("2xx"), handler; by hand: anything (Go
+    # promhttp users: code, method; aiohttp middlewares: method, path/route, status)
+    Candidate("http_requests_total", (FASTAPI_INSTRUMENTATOR, HAND_WRITTEN)),
+    # express-prom-bundle: status_code, with includeMethod method, with includePath path
+    # (ids replaced by "#val"); fastapi-instrumentator: method, handler (no status);
+    # prometheus-flask-exporter with defaults_prefix=NO_PREFIX: method, path, status
+    Candidate("http_request_duration_seconds_count",
+              (EXPRESS_PROM_BUNDLE, FASTAPI_INSTRUMENTATOR, f"{FLASK} (NO_PREFIX)", HAND_WRITTEN)),
+    # starlette-prometheus: method, path_template, status_code; asgi-monitor: app_name,
+    # method, path, status_code
+    Candidate("starlette_responses_total", (STARLETTE_PROMETHEUS, asgi_monitor("Starlette"))),
+    # starlette-exporter: method, path, status_code, app_name; starlette-prometheus:
+    # method, path_template (no status); asgi-monitor: app_name, method, path (no status)
+    Candidate("starlette_requests_total",
+              (STARLETTE_EXPORTER, STARLETTE_PROMETHEUS, asgi_monitor("Starlette"))),
+    # starlette-exporter: method, path, status_code, app_name; asgi-monitor: no status
+    Candidate("starlette_request_duration_seconds_count",
+              (STARLETTE_EXPORTER, asgi_monitor("Starlette"))),
+    # asgi-monitor's other integrations: app_name, method, path, status_code (requests
+    # and durations: no status)
+    *(Candidate(f"{prefix}_{name}", (asgi_monitor(framework),))
+      for prefix, framework in (("aiohttp", "aiohttp"), ("fastapi", "FastAPI"), ("litestar", "Litestar"))
+      for name in ("responses_total", "requests_total")),
+    # django-prometheus (PrometheusAfterMiddleware): view holds view names, not paths.
+    # status, view, method: every response
+    Candidate("django_http_responses_total_by_status_view_method_total", (DJANGO,)),
+    # view, method: every response (the latency histogram)
+    Candidate("django_http_requests_latency_seconds_by_view_method_count", (DJANGO,)),
+    # view, transport, method: requests that resolved to a view (no 404 without a route)
+    Candidate("django_http_requests_total_by_view_transport_method_total", (DJANGO,)),
+    # method: every request
+    Candidate("django_http_requests_total_by_method_total", (DJANGO,)),
 )
+_BY_SAMPLE = {c.sample: c for c in PROM_CANDIDATES}
 METHOD_LABELS = ("http_request_method", "method", "http_method")
 ROUTE_LABELS = ("http_route", "route", "handler", "path_template", "path", "endpoint",
                 "url_rule", "view")
 STATUS_LABELS = ("http_response_status_code", "status", "status_code", "code",
                  "http_status_code")
 OTLP_NAMES = ("http.server.request.duration", "http.server.duration")
+OTLP_EXPORTERS = {"http.server.request.duration": ("OpenTelemetry HTTP server instrumentation",),
+                  "http.server.duration": ("OpenTelemetry HTTP server instrumentation, semconv < 1.21",)}
+SOURCE_PROMETHEUS, SOURCE_OTLP = "/metrics", "OTLP metrics"
 OTLP_METHOD = ("http.request.method", "http.method")
 # Pre-1.21 Flask/WSGI instrumentations put the route template (or the path) of their
 # http.server.duration points in http.target, not http.route.
@@ -66,9 +123,13 @@ Key = tuple[str, ...]
 class Series:
     """A metric's count per (method, route, status) projection, with what was used."""
 
-    metric: str
-    source: str
-    labels: dict[str, str | None]  # dim → label/attribute name, None when absent
+    metric: str  # the sample (Prometheus) or metric name (OTLP) counted
+    source: str  # where it was read: SOURCE_PROMETHEUS | SOURCE_OTLP
+    labels: dict[str, str | None]  # dim → label/attribute name read, None when absent
+    family: str = ""
+    exporters: tuple[str, ...] = ()  # every exporter known to emit the family, () = none known
+    found_by: str = ""
+    label_names: list[str] = field(default_factory=list)  # every label/attribute name seen
     counts: dict[Key, float] = field(default_factory=dict)
     status_classes: bool = False  # status values are "2xx"-style classes
     notes: list[str] = field(default_factory=list)
@@ -99,7 +160,9 @@ def find_prometheus_metric(expo: Exposition, named: Any = None
         tried = [str(name), f"{name}_total", f"{name}_count"]
         for sample in tried:
             if sample in present:
-                return Candidate(sample, "named by the scenario"), overrides, tried
+                known = _BY_SAMPLE.get(sample)
+                return (Candidate(sample, known.exporters if known else (), "named by the scenario"),
+                        overrides, tried)
         return None, overrides, tried
     for c in PROM_CANDIDATES:
         if c.sample in present:
@@ -133,7 +196,9 @@ def prometheus_series(before: Exposition | None, after: Exposition, candidate: C
         "route": overrides.get("route") or _pick(names, ROUTE_LABELS),
         "status": overrides.get("status") or _pick(names, STATUS_LABELS),
     }
-    out = Series(candidate.sample, candidate.source, labels)
+    out = Series(candidate.sample, SOURCE_PROMETHEUS, labels, family=candidate.family,
+                 exporters=candidate.exporters, found_by=candidate.found_by,
+                 label_names=sorted(names))
     deltas: dict[LabelsKey, float] = {k: v - b.get(k, 0.0) for k, v in a.items()}
     gone = [k for k in b if k not in a]
     if gone:
@@ -192,18 +257,11 @@ def otlp_series(points: list[MetricPoint], window_start_ns: int) -> Series | Non
             break
     else:
         return None
-    route = None  # the attribute named in the report: http.route unless some need the fallback
-    if all(_attr(p.attributes, OTLP_ROUTE) is not None for p in chosen):
-        route = next((n for n in OTLP_ROUTE
-                      if all(p.attributes.get(n) not in (None, "") for p in chosen)), OTLP_ROUTE[-1])
-    labels = {
-        "method": "http.request.method" if all(_attr(p.attributes, OTLP_METHOD) is not None
-                                               for p in chosen) else None,
-        "route": route,
-        "status": "http.response.status_code" if all(
-            _attr(p.attributes, OTLP_STATUS) is not None for p in chosen) else None,
-    }
-    out = Series(name, "OTLP metrics", labels)
+    labels = {"method": _read_from(chosen, OTLP_METHOD), "route": _read_from(chosen, OTLP_ROUTE),
+              "status": _read_from(chosen, OTLP_STATUS)}
+    out = Series(name, SOURCE_OTLP, labels, family=name, exporters=OTLP_EXPORTERS[name],
+                 found_by="known family",
+                 label_names=sorted({k for p in chosen for k in p.attributes}))
     streams: dict[tuple, list[MetricPoint]] = defaultdict(list)
     for p in chosen:
         cumulative = p.temporality != "DELTA"
@@ -244,6 +302,20 @@ def otlp_series(points: list[MetricPoint], window_start_ns: int) -> Series | Non
         out.until_ns[key] = max(out.until_ns.get(key, 0), t)
     out.last_export_ns = max(until, default=None)
     return out
+
+
+def _read_from(points: list[MetricPoint], names: tuple[str, ...]) -> str | None:
+    """The attribute a dimension was read from, as the report names it: None unless every
+    point has one of ``names``; the one they all carry, else those used, joined by " or "."""
+    used = [_first_name(p.attributes, names) for p in points]
+    if any(u is None for u in used):
+        return None
+    shared = next((n for n in names if all(p.attributes.get(n) not in (None, "") for p in points)), None)
+    return shared or " or ".join(n for n in names if n in used)
+
+
+def _first_name(attrs: dict[str, Any], names: tuple[str, ...]) -> str | None:
+    return next((n for n in names if attrs.get(n) not in (None, "")), None)
 
 
 def _str(attrs: dict[str, Any]) -> dict[str, str]:

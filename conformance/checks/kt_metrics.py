@@ -109,8 +109,12 @@ def compare(series: Series, under_test: list[KernelRequest], agent: list[KernelR
                            "kernel": k, "metric": _num(m), "diff": _num(m - k)})
     mismatches.sort(key=lambda x: -abs(x["diff"]))
     observed = {
-        "metric": series.metric, "source": series.source,
-        "labels": dict(series.labels), "status_classes": series.status_classes,
+        # The family and every exporter known to emit it: one name is often used by
+        # several libraries, so no single one is claimed. labels: dim -> the name read.
+        "metric": series.metric, "family": series.family, "source": series.source,
+        "found_by": series.found_by, "candidate_exporters": list(series.exporters),
+        "labels": dict(series.labels), "label_names": list(series.label_names),
+        "status_classes": series.status_classes,
         "kernel_count": sum(kernel.values()), "metric_count": _num(sum(counts.values())),
         "series": len(set(counts) | set(kernel)), "mismatched_series": len(mismatches),
         "excluded_routes": excluded,
@@ -148,6 +152,18 @@ def _reconcile_untemplated(series: Series, counts: dict[Key, float], kernel: Cou
     for k in [k for k, n in kernel.items() if n == 0]:
         del kernel[k]
     return moved
+
+
+def used_text(observed: dict[str, Any]) -> str:
+    """Which metric was compared, where it was read and who is known to emit it."""
+    text = f"{observed['metric']} from {observed['source']}"
+    if observed.get("found_by") == "named by the scenario":
+        text += ", named by the scenario"
+    known = observed.get("candidate_exporters") or []
+    if known:
+        text += "; known from " + (known[0] if len(known) == 1
+                                   else f"{', '.join(known[:-1])} or {known[-1]}")
+    return text
 
 
 def _num(value: float) -> float | int:
@@ -228,7 +244,7 @@ def metric_counts_match_kernel(ctx: CheckContext) -> Finding:
     if not comparisons or (named and observed["prometheus"] is None):
         return Finding.inconclusive("; ".join(problems) or "no request metric to compare",
                                     observed, expected, **evidence)
-    used = " and ".join(f"{c.observed['metric']} ({c.observed['source']})" for c in comparisons)
+    used = " and ".join(used_text(c.observed) for c in comparisons)
     if mismatches:
         first = mismatches[0]
         where = " ".join(str(first[d]) for d in ("method", "route", "status") if d in first)

@@ -1,5 +1,6 @@
 """KT-002: metric count deltas vs kernel counts, over real prometheus_client expositions in
-the shapes of the OTel semconv exporter and the common Python exporters, and OTLP metrics."""
+the shapes of the OTel semconv exporter and the common Python exporters, and OTLP metrics.
+Every known family, its candidate exporters and labels: test_kt002_families."""
 
 from __future__ import annotations
 
@@ -166,8 +167,11 @@ def test_otlp_cumulative_histogram_counts_are_compared(run, missed, status):
     _otlp_points(b, {("GET", "/items/{id}", 200): (2, 8 - missed)}, start, t_before, b.t + MS)
     r = kt002(b.build())
     assert r.status == status, (r.message, r.evidence)
-    assert r.observed["otlp"]["metric"] == "http.server.request.duration"
-    assert r.observed["otlp"]["kernel_count"] == 6
+    otlp = r.observed["otlp"]
+    assert (otlp["metric"], otlp["family"], otlp["source"]) == (
+        "http.server.request.duration", "http.server.request.duration", "OTLP metrics")
+    assert otlp["candidate_exporters"] == ["OpenTelemetry HTTP server instrumentation"]
+    assert otlp["kernel_count"] == 6
 
 
 def _old_semconv_flask_points(b, counts, start_ns, t):
@@ -196,7 +200,10 @@ def test_old_semconv_points_carry_the_route_in_http_target(run, counted, status)
     r = kt002(b.build())
     assert r.status == status, (r.message, r.evidence)
     otlp = r.observed["otlp"]
-    assert otlp["labels"]["route"] == "http.target" and otlp["kernel_count"] == 5
+    # the attributes really read: the pre-1.21 names, not the stable ones
+    assert otlp["labels"] == {"method": "http.method", "route": "http.target", "status": "http.status_code"}
+    assert otlp["candidate_exporters"] == ["OpenTelemetry HTTP server instrumentation, semconv < 1.21"]
+    assert otlp["kernel_count"] == 5
     if status == Status.FAIL:
         (m,) = r.evidence["mismatches"]
         assert (m["route"], m["kernel"], m["metric"]) == ("/items/<int:item_id>", 4, 3)
