@@ -112,10 +112,13 @@ def _common_run_options(f):
               help="Kernel ring-buffer size in pages (a power of two; 4096 = 16 MiB).")
 @click.option("--max-connections", default=65536, envvar="OBSCONFORM_MAX_CONNECTIONS",
               help="Connections the kernel tracks at once (64..4194304).")
-@click.option("--url", required=True, help="Base URL of the SUT, e.g. http://127.0.0.1:8080.")
+@click.option("--url", required=True,
+              help="Base URL of the SUT, e.g. http://127.0.0.1:8080; its path prefixes every scenario "
+                   "path and --path; with neither, the URL is the endpoint to load, requested exactly.")
 @click.option("--metrics-url", help="The SUT's Prometheus /metrics URL.")
 @click.option("--path", "paths", multiple=True,
-              help="Path to GET in the load phase (repeatable; default /) when no --scenario is given.")
+              help="Path to GET in the load phase, under --url's path (repeatable; default: the --url "
+                   "endpoint itself) when no --scenario is given.")
 @click.option("--scenario", "scenario_file", type=click.Path(path_type=Path), envvar="OBSCONFORM_SCENARIO",
               help="Scenario file (JSON or YAML): routes, fan-out routes, catalogue, load mix. See docs/SCENARIO.md.")
 @click.option("--catalog", type=click.Path(path_type=Path), envvar="OBSCONFORM_CATALOG",
