@@ -2,9 +2,10 @@
 outbound calls the SUT made while serving it. TC, BC, EC, AL and SC checks read this; it needs
 no kernel truth (kernel client requests are used when present, the downstream sink otherwise).
 
-Spans: by the traceparent sent (trace-id, parent-id), else the kernel join's span for the same
-request, else method + path (or route template) + the span starting inside the request's
-send/receive window (exactly first, then with a small slop). Outbound calls, in order of
+Spans: by the driver's User-Agent marker the span recorded, else the traceparent sent
+(trace-id, parent-id), else the kernel join's span for the same request, else (unless the
+kernel join found the request undecidable) method + path (or route template) + the span
+starting inside the request's send/receive window (exactly first, then with a small slop). Outbound calls, in order of
 robustness:
 
 - ``kernel``: client requests whose ``parent_request`` is this request's kernel request;
@@ -24,14 +25,17 @@ from dataclasses import dataclass, field
 from operator import attrgetter
 from typing import Any
 
-from agent.evidence import DownstreamRecord, DriverRecord, Evidence, KernelRequest, Span
+from agent.evidence import (
+    DownstreamRecord, DriverRecord, Evidence, KernelRequest, Span, driver_marker,
+)
 from agent.tracecontext import parse_traceparent
 from conformance.httpsem import route_matches, span_method, span_path, span_route
 from conformance.index import EMPTY, SpanIndex, SpansByParent, appended, empty, index_spans
-from conformance.join import BASE_SLOP_NS, Joined
+from conformance.join import BASE_SLOP_NS, JOIN_UNJOINABLE, Joined, span_marker
 from conformance.scenario import FANOUT_SUFFIX, base_case, base_path, fans_out, local_path
 
 JOIN_KEY, JOIN_KERNEL, JOIN_HEURISTIC = "traceparent", "kernel", "heuristic"
+JOIN_MARKER = "marker"  # the driver's User-Agent marker on the span
 SOURCE_KERNEL, SOURCE_DOWNSTREAM = "kernel", "downstream"
 HOW_PARENT, HOW_TIME, HOW_TRACE = "parent_request", "time window", "trace-id"
 
@@ -74,7 +78,8 @@ class RequestView:
         """Whether the span surely is this request's: joined by the traceparent sent, or the
         only request of its method and path in flight (else spans of concurrent requests
         that did not continue their context cannot be told apart)."""
-        return bool(self.spans) and (self.span_join == JOIN_KEY or not self.overlapped)
+        return bool(self.spans) and (self.span_join in (JOIN_KEY, JOIN_MARKER)
+                                     or not self.overlapped)
 
     @property
     def case(self) -> str:
@@ -149,8 +154,11 @@ def build_view(evidence: Evidence, joined: Joined | None, index: SpanIndex | Non
     pool = {id(s): s for s in evidence.spans if s.kind == "SERVER" and id(s) not in agent_spans}
 
     by_trace = index.by_trace
+    _join_by_marker(reqs, pool)
     for r in reqs:  # 1. the traceparent sent: spans of its trace whose parent it names
         d = r.driver
+        if r.spans:
+            continue
         if d.trace_id and (group := by_trace.get(d.trace_id)):
             parent = d.parent_id
             if len(group) == 1:  # the usual trace: its list is the index's (and the join's)
@@ -167,6 +175,7 @@ def build_view(evidence: Evidence, joined: Joined | None, index: SpanIndex | Non
     # What is left, in a table of its size: a dict keeps its table when items are deleted,
     # and at a million spans this one would stay next to ``by_driver`` below.
     pool = dict(pool)
+    undecided: set[int] = set()
     if joined is not None:  # 2. the kernel join, which timed the request on the wire
         by_driver = {id(j.driver): j for j in joined.requests if j.driver is not None}
         for r in reqs:
@@ -174,6 +183,8 @@ def build_view(evidence: Evidence, joined: Joined | None, index: SpanIndex | Non
             if j is None:
                 continue
             r.kernel = j.kernel
+            if j.span_join == JOIN_UNJOINABLE:
+                undecided.add(id(r))  # the kernel join could not tell: no guess here either
             if not r.spans and j.spans:
                 found = [s for s in j.spans if id(s) in pool]
                 if len(found) == len(j.spans):
@@ -191,11 +202,40 @@ def build_view(evidence: Evidence, joined: Joined | None, index: SpanIndex | Non
     tight = int(evidence.meta.clock.get("uncertainty_ns") or 0)
     for window in (tight, slop):
         if pool:
-            _join_heuristic([r for r in reqs if not r.spans], pool, window, base)
+            _join_heuristic([r for r in reqs if not r.spans and id(r) not in undecided], pool,
+                            window, base)
     del pool, agent_spans
     _mark_overlaps(reqs)
     unattributed = _attach_downstream(reqs, evidence.downstream, tight)
     return View(reqs, unattributed, index.by_trace, index.by_key)
+
+
+def _join_by_marker(reqs: list[RequestView], pool: dict[int, Span]) -> None:
+    """0. The driver's User-Agent marker recorded on the span: read by the instrumentation
+    from that very request, so it holds when the context did not propagate or leaked from
+    another request. Labelled ``traceparent`` when the span continues the one sent too."""
+    by_marker: dict[str, RequestView] = {}
+    for r in reqs:
+        if (m := driver_marker(r.driver.request_headers.get("user-agent"))) is not None:
+            by_marker.setdefault(m, r)
+    if not by_marker:
+        return
+    found: dict[int, list[Span]] = {}
+    for s in list(pool.values()):
+        r = by_marker.get(m) if (m := span_marker(s)) is not None else None
+        if r is not None:
+            del pool[id(s)]
+            found.setdefault(id(r), []).append(s)
+    for r in reqs:
+        spans = found.get(id(r))
+        if not spans:
+            continue
+        ids = {s.span_id for s in spans}  # double instrumentation: the outer span(s) only
+        outer = [s for s in spans if s.parent_span_id not in ids] or spans
+        d = r.driver
+        continued = d.trace_id and any(s.trace_id == d.trace_id and s.parent_span_id == d.parent_id
+                                       for s in outer)
+        r.spans, r.span_join = outer, JOIN_KEY if continued else JOIN_MARKER
 
 
 def _mark_overlaps(reqs: list[RequestView]) -> None:
