@@ -5,8 +5,8 @@ no kernel truth (kernel client requests are used when present, the downstream si
 Spans: by the driver's User-Agent marker the span recorded, else the traceparent sent
 (trace-id, parent-id), else the kernel join's span for the same request, else (unless the
 kernel join found the request undecidable) method + path (or route template) + the span
-starting inside the request's send/receive window (exactly first, then with a small slop). Outbound calls, in order of
-robustness:
+starting inside the request's send/receive window (exactly first, then with a small slop).
+Outbound calls, in order of robustness:
 
 - ``kernel``: client requests whose ``parent_request`` is this request's kernel request;
 - ``downstream``/``time window``: a sink record received while exactly one fan-out request
