@@ -156,7 +156,7 @@ def _load_join(path: str | None) -> Callable[[Any], Any]:
     return mod.join
 
 
-HEADER = (f"{'condition':<25} {'key':<11} {'joined':>6} {'mis':>4} {'mis%':>6} {'unj%':>5} "
+HEADER = (f"{'condition':<26} {'key':<11} {'joined':>6} {'mis':>4} {'mis%':>5} {'unj%':>5} "
           f"{'lost/drp':>8} {'dup':>7}")
 
 
@@ -170,10 +170,10 @@ def rows(s: Score, c: Condition) -> list[str]:
     for i, k in enumerate(keys):
         rate = 100.0 * s.misjoined[k] / s.joined[k] if s.joined[k] else 0.0
         first = i == 0
-        out.append(f"{c.name if first else '':<25} {k:<11} {s.joined[k]:>6} "
-                   f"{s.misjoined[k]:>4} {rate:>6.2f} "
+        out.append(f"{c.name if first else '':<26} {k:<11} {s.joined[k]:>6} "
+                   f"{s.misjoined[k]:>4} {rate:>5.{2 if rate < 10 else 1}f} "
                    f"{100 * s.unjoinable_share if first else 0:>5.1f} "
-                   f"{lost if first else '':>8} {dup if first else '':>7}")
+                   f"{lost if first else '':>8} {dup if first else '':>7}".rstrip())
     return out
 
 
@@ -202,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         if s.agent_misjoined or s.driver_misjoined:
             extra.append(f"agent {s.agent_misjoined}, driver {s.driver_misjoined} mis-joined")
         if extra:
-            print(f"{'':<25} ! " + "; ".join(extra))
+            print(f"{'':<26} ! " + "; ".join(extra))
         sys.stdout.flush()
     print("lost/drp: requests left without span (KT-001's missing) / truly dropped among\n"
           "  the decidable; unj%: unjoinable share; dup: duplicates counted / truly duplicated")
