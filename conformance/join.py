@@ -169,6 +169,11 @@ def join(evidence: Evidence) -> Joined:
     unjoinable: list[JoinedRequest] = []
     unjoinable_spans: list[Span] = []
     if pool:
+        # Nested duplicates of identified requests first: they must not be handed by time
+        # to a request without span (their own request's span is their parent).
+        pool = {id(s): s for s in _attach_nested(everyone, evidence.spans,
+                                                 [s for s in server_spans if id(s) in pool])}
+    if pool:
         identified = [(r.kernel, r.spans[0]) for r in under_test if len(r.spans) == 1]
         timing = Timing.calibrate(uncertainty, identified, server_spans)
         unjoinable, unjoinable_spans = _join_by_time(everyone, pool, timing)
@@ -387,7 +392,11 @@ def _join_by_time(requests: list[JoinedRequest], pool: dict[int, Span], timing: 
             return route_cache[key]
         return True
 
-    spans = list(pool.values())
+    # A span nested in another pooled SERVER span is its duplicate (double instrumentation
+    # records the same port and path): it follows its parent later (_attach_nested) instead
+    # of competing with it for a request.
+    pooled = {(s.trace_id, s.span_id) for s in pool.values()}
+    spans = [s for s in pool.values() if (s.trace_id, s.parent_span_id) not in pooled]
     by_peer = assign(kernels, [s for s in spans if span_peer_port(s) is not None],
                      lambda k: k.peer_port or None, compatible,
                      lambda s: [span_peer_port(s)], timing, unsampled)
@@ -413,7 +422,8 @@ def _join_by_time(requests: list[JoinedRequest], pool: dict[int, Span], timing: 
             return [(m, path) for m in ms]
         return [(m, p) for m in ms for p in all_groups.get(m, ())]
 
-    by_time = assign(rest, list(pool.values()), lambda k: (k.method, k.path), compatible,
+    top = [s for s in pool.values() if (s.trace_id, s.parent_span_id) not in pooled]
+    by_time = assign(rest, top, lambda k: (k.method, k.path), compatible,
                      groups_of_span, timing, {n for n, i in enumerate(left) if i in unsampled})
     for n, s in by_time.pairs:
         r = cands[left[n]]

@@ -27,28 +27,12 @@ BY_NAME = {c.name: c for c in CONDITIONS}
 IDENTIFIERS = (JOIN_TRACEPARENT, JOIN_MARKER, JOIN_PEER)
 
 # (test, condition) → why the join fails it today (measured; see the module docstring).
-NESTED_DUPLICATES_TIMED = (
-    "the nested duplicate SERVER span (parent = the request's own span) stays in the time "
-    "join's pool and is given to a span-less request (dropped or unsampled) before "
-    "_attach_nested runs")
 PREEMPTED_END = (
     "a span ending 0.4-2 ms after its last write (noise, preemption) is confidently given "
     "to the next request, which was dropped, and its own request is counted lost: without "
     "identified pairs the time join's cost is the distance to the write interval, and the "
     "run's end anchor (after the last write) is not learnt from its own certain time joins")
-NESTED_DUPLICATES_PEER = (
-    "a nested duplicate carries the same client port: outer and inner span compete for the "
-    "request in the peer assignment and every duplicated request becomes unjoinable")
 KNOWN = {
-    ("test_the_loss_is_exact_when_every_request_was_decided",
-     "traceparent-c32-q10ms-dups"): NESTED_DUPLICATES_TIMED,
-    ("test_unsampled_requests_take_no_span_of_another",
-     "traceparent-c32-q10ms-dups"): NESTED_DUPLICATES_TIMED,
-    ("test_duplicates_are_counted_on_their_request",
-     "traceparent-c32-q10ms-dups"): NESTED_DUPLICATES_TIMED,
-    ("test_identifiers_decide_every_request", "peer-c32-q0-dups"): NESTED_DUPLICATES_PEER,
-    ("test_duplicates_are_counted_on_their_request", "peer-c32-q0-dups"):
-        NESTED_DUPLICATES_PEER,
     ("test_no_mis_joins_by_the_certain_keys", "time-c1-q1ms-jitter200us"): PREEMPTED_END,
     ("test_a_request_is_never_counted_lost_when_its_span_exists",
      "time-c1-q1ms-jitter200us"): PREEMPTED_END,
