@@ -14,7 +14,7 @@ from agent.driver import LoadDriver
 from agent.errors import ObsconformError
 from agent.evidence import AGENT_USER_AGENT, DriverRecord
 from agent.phases import Plan
-from agent.scrape import Scraper, ScrapeLoop
+from agent.scrape import NO_ENDPOINT, Scraper, ScrapeLoop
 from agent.urlpath import wire_path
 
 log = logging.getLogger(__name__)
@@ -74,9 +74,17 @@ def run_phases(plan: Plan, driver: LoadDriver, scraper: Scraper | None,
     phase and ``after``; returns every DriverRecord in sending order."""
     if scraper is not None:
         before = scraper.scrape("before", openmetrics=False)
-        if before.error:
+        if before.status in NO_ENDPOINT:
+            # The SUT answered: it has no metrics endpoint there. That is a finding about the
+            # SUT (the failed scrape stays in the evidence for the checks), not a harness
+            # error; nothing more is scraped.
+            log.warning("%s answered %s: the SUT serves no /metrics there; not scraping it "
+                        "(KT-002 and SC-001 will say so)", scraper.url, before.error)
+            scraper = None
+        elif before.error:
             raise ObsconformError(f"cannot scrape {scraper.url}: {before.error}; check --metrics-url")
-        scraper.scrape("before", openmetrics=True)
+        else:
+            scraper.scrape("before", openmetrics=True)
     records: list[DriverRecord] = []
     for phase in plan.phases:
         n = len(phase.requests)

@@ -274,7 +274,7 @@ def _collect(cfg: RunConfig, meta: RunMeta, writer: EvidenceWriter, stack: conte
     from agent.otlp_decode import json_log_line
     from agent.phaserun import health_probe, run_phases
     from agent.phases import plan as plan_phases
-    from agent.scrape import Scraper
+    from agent.scrape import NO_ENDPOINT, Scraper
 
     from agent.targets import resolve as resolve_target
 
@@ -341,6 +341,9 @@ def _collect(cfg: RunConfig, meta: RunMeta, writer: EvidenceWriter, stack: conte
     planned = targets_sent((r.method, driver.target(r.path)) for p in plan.phases for r in p.requests)
     progress(f"sending to {cfg.url_plan().origin}: {_listed(*planned)}")
     records = run_phases(plan, driver, scraper, progress)
+    if scraper is not None and scraper.scrapes and scraper.scrapes[0].status in NO_ENDPOINT:
+        meta.notes.append(f"no /metrics endpoint: {metrics_url} answered "
+                          f"{scraper.scrapes[0].error}; it was not scraped again")
     meta.requests_sent = len(records)
     meta.target["targets_sent"], meta.target["targets_distinct"] = \
         targets_sent((r.method, r.path) for r in records)

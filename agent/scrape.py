@@ -22,6 +22,9 @@ ACCEPT_OPENMETRICS = (
 )
 ACCEPT_PROMETHEUS = "text/plain;version=0.0.4;q=1.0,*/*;q=0.1"
 DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
+# A metrics URL answering these has no endpoint (a finding, not a harness error): the run
+# records the scrape and does not scrape it again.
+NO_ENDPOINT = (404, 410)
 
 
 # A series counts requests when one of its labels is named like an HTTP dimension; runtime

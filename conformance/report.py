@@ -18,6 +18,7 @@ from conformance.catalogue import LEVELS, Catalogue, load_catalogue
 from conformance.engine import resolve_thresholds
 from conformance.join import is_agent_request
 from conformance.model import CheckResult, Status
+from conformance.telemetry import exported
 
 SCHEMA_VERSION = "1.0"
 # Shipped inside the package so that a wheel install (e.g. a CI client) can validate reports.
@@ -177,6 +178,7 @@ def _measurements(evidence: Evidence, by_id: dict[str, dict[str, Any]]) -> dict[
         "clock": _clock(meta.clock) if ebpf else None,
         "loss": {"spans": spans, "metrics": metrics},
         "latency_drift_us": drift,
+        "telemetry": exported(evidence),
     }
 
 

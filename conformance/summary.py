@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from conformance.telemetry import none_exported, statement
+
 WIDTH = 80
 _STATUS = {"pass": "PASS", "fail": "FAIL", "skip": "skip", "inconclusive": "INCONC"}
 _VERDICT = {"compliant": "COMPLIANT", "non_compliant": "NON-COMPLIANT",
@@ -68,6 +70,9 @@ def render_summary(report: dict[str, Any], report_path: Path | str | None = None
     lines += textwrap.wrap(f"obsconform: {_VERDICT.get(summary['verdict'], summary['verdict'])} "
                            f"({profile['name']} {profile['version']}): {summary['verdict_reason']}",
                            WIDTH, subsequent_indent="  ")
+    telemetry = report["measurements"].get("telemetry")  # absent in reports before it
+    if telemetry and none_exported(telemetry):  # plain words, wrapped like the verdict
+        lines += textwrap.wrap(statement(telemetry), WIDTH, subsequent_indent="  ")
     for c in report["checks"]:
         lines.append(f"  {_STATUS.get(c['status'], c['status']):<6} {c['id']} "
                      f"{c['level']:<6} {' '.join(str(c['message']).split())}")
@@ -89,6 +94,8 @@ def render_summary(report: dict[str, Any], report_path: Path | str | None = None
         lines.append(f"metric count: {_num(metrics['metric_count'])} vs kernel "
                      f"{metrics['kernel_count']}, {metrics['mismatched_series']} series off "
                      f"({metrics['metric']})")
+    if telemetry and not none_exported(telemetry):
+        lines.append(statement(telemetry))
     d = m["latency_drift_us"]
     if d["samples"]:
         lines.append(f"latency drift (us): p50 {_num(d['p50'])} p90 {_num(d['p90'])} "

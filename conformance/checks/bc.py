@@ -10,6 +10,7 @@ from typing import Any
 from conformance.model import Finding, Status
 from conformance.registry import CheckContext, check
 from conformance.scenario import biz_header, expected_biz_code, fanout_routes
+from conformance.telemetry import with_no_spans
 from conformance.view import RequestView, view_of
 
 SAMPLES = 10
@@ -136,7 +137,8 @@ def span_biz_code(ctx: CheckContext) -> Finding:
     expected = {"span_attribute": f"{SPAN_ATTR} = the inbound bizCode trimmed, 'default' when "
                                   "missing"}
     if not reqs:
-        return Finding.inconclusive("no server span was surely joined to any request",
+        return Finding.inconclusive(with_no_spans(ctx.evidence, "no server span was surely "
+                                                  "joined to any request"),
                                     {"requests_with_span": 0, "ambiguous": ambiguous}, expected)
     missing, wrong = [], []
     for r in reqs:

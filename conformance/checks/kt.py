@@ -13,6 +13,7 @@ from conformance.join import BASE_SLOP_NS, JOIN_KEYS, JOIN_UNJOINABLE, JoinedReq
 from conformance.model import Finding
 from conformance.registry import CheckContext, check
 from conformance.stats import describe, share_exceeded
+from conformance.telemetry import with_no_spans
 
 SAMPLE_LIMIT = 10
 WORST_LIMIT = 5
@@ -147,9 +148,9 @@ def latency_drift(ctx: CheckContext) -> Finding:
     expected = {"abs_p99_drift_us_max": budget_us, "judged": "requests served alone",
                 "beyond_budget": f"at most {P99_SHARE:.0%} (one-sided binomial test, 95%)"}
     if not rows:
-        return Finding.inconclusive(
-            "no answered request is joined to exactly one server span: no drift to measure "
-            "(see KT-001)", {"drift_us": describe([])}, expected)
+        return Finding.inconclusive(with_no_spans(
+            ctx.evidence, "no answered request is joined to exactly one server span: no "
+            "drift to measure (see KT-001)"), {"drift_us": describe([])}, expected)
     alone_ids = _served_alone([r.kernel for r in j.requests] + j.agent_requests)
     judged = [row for row in rows if row[0].kernel.id in alone_ids]
     queued = [row for row in rows if row[0].kernel.id not in alone_ids]

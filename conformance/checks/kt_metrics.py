@@ -16,6 +16,7 @@ from conformance.model import Finding
 from conformance.registry import CheckContext, check
 from conformance.scenario import base_path, local_path
 from conformance.scrapes import last_good, metrics_path, parsed_scrape
+from conformance.telemetry import metrics_absent
 
 MISMATCH_LIMIT = 20
 # How exporters label a request that matched no route template: fastapi-instrumentator
@@ -241,6 +242,12 @@ def metric_counts_match_kernel(ctx: CheckContext) -> Finding:
     if not under_test:
         return Finding.inconclusive("the kernel saw no answered request under test",
                                     observed, expected, **evidence)
+    if not comparisons and (absent := metrics_absent(ev)):
+        # Nothing exposes a metric: a missing layer, like a missing catalogue (SC-001 and
+        # SC-004 skip alike), not a comparison that could not be made.
+        return Finding.skipped(f"{absent}: no request metric to compare with the kernel's "
+                               "count (give --metrics-url if the SUT serves one)",
+                               **evidence)
     if not comparisons or (named and observed["prometheus"] is None):
         return Finding.inconclusive("; ".join(problems) or "no request metric to compare",
                                     observed, expected, **evidence)

@@ -21,6 +21,7 @@ from conformance.registry import CheckContext, check
 from conformance.scenario import base_path
 from conformance.scrapes import last_good, metrics_path, parsed_scrape
 from conformance.stats import describe, share_exceeded
+from conformance.telemetry import metrics_absent, with_no_spans
 
 SAMPLES = 10
 _UNIT_SCALE = {"_seconds": 1.0, "_milliseconds": 1e-3, "_microseconds": 1e-6}
@@ -67,8 +68,9 @@ def status_agrees(ctx: CheckContext) -> Finding:
                          f"wire had it for their method/route, e.g. {m}")
         return Finding.failed("; ".join(parts), observed, expected, **evidence)
     if not span_checked and not metric_note.startswith("compared"):
-        return Finding.inconclusive("no span joined and no request metric with a status label: "
-                                    "nothing to compare", observed, expected, **evidence)
+        return Finding.inconclusive(with_no_spans(ev, "no span joined and no request metric "
+                                                  "with a status label: nothing to compare"),
+                                    observed, expected, **evidence)
     return Finding.passed(f"status agrees for {span_checked} spans; {metric_note}", observed,
                           expected, **evidence)
 
@@ -136,8 +138,9 @@ def span_inside_kernel_window(ctx: CheckContext) -> Finding:
                 "median_span_end": "≤ kernel last response byte + slack",
                 "slack_us": slack_ns // 1000, "early_start_pct_max": limit_pct}
     if not rows:
-        return Finding.inconclusive("no answered request is joined to exactly one server span "
-                                    "(see KT-001)", None, expected)
+        return Finding.inconclusive(with_no_spans(ctx.evidence, "no answered request is "
+                                                  "joined to exactly one server span (see "
+                                                  "KT-001)"), None, expected)
     early = sorted((x for x in rows if x[1] > slack_ns), key=lambda x: -x[1])
     late = sorted((x for x in rows if x[2] > slack_ns), key=lambda x: -x[2])
     pct = 100.0 * len(early) / len(rows)
@@ -198,6 +201,8 @@ def histogram_agrees_with_kernel(ctx: CheckContext) -> Finding:
                 "misplaced_beyond_budget": "one-sided binomial test, 95%"}
     before, after = last_good(ev, "before"), last_good(ev, "after")
     if before is None or after is None:
+        if absent := metrics_absent(ev):
+            return Finding.skipped(f"{absent}: no duration histogram to compare")
         return Finding.inconclusive("no before and after /metrics scrapes", None, expected)
     b, a = parsed_scrape(ctx, before), parsed_scrape(ctx, after)
     if b.error or a.error:

@@ -8,10 +8,12 @@ import math
 from typing import Any
 
 from agent.exposition import Exposition, labels_key, parse_le
+from agent.scrape import NO_ENDPOINT
 from conformance.model import Finding
 from conformance.promlint import BUILTIN, LintResult, builtin_lint, promtool_path, run_promtool
 from conformance.registry import CheckContext, check
 from conformance.scrapes import answered, is_openmetrics, last_good, parsed_scrape
+from conformance.telemetry import metrics_absent
 
 SAMPLES = 10
 MEDIA = ("text/plain", "application/openmetrics-text")
@@ -89,6 +91,11 @@ def exposition_parses_counters_monotonic(ctx: CheckContext) -> Finding:
                 "counters": "never decrease from one scrape to the next"}
     if not ev.scrapes:
         return Finding.skipped("no /metrics scrape was taken (no metrics URL): nothing to parse")
+    if all(s.status in NO_ENDPOINT for s in ev.scrapes):  # the SUT answered: no such endpoint
+        s = ev.scrapes[0]
+        return Finding.skipped(f"no /metrics endpoint: GET {s.url} answered {s.error or s.status} "
+                               "(a wrong --metrics-url or metrics_path?): nothing to parse",
+                               scrapes=len(ev.scrapes), status=s.status)
     problems, notes, parsed = [], [], []
     for s in sorted(ev.scrapes, key=lambda s: (s.t_ns, s.seq)):
         where = f"scrape {s.seq} ({s.phase})"
@@ -148,7 +155,8 @@ def promtool_lint(ctx: CheckContext) -> Finding:
     scrape = text_scrape or last_good(ev, "after") or (answered(ev) or [None])[-1]
     expected = {"lint_problems": 0}
     if scrape is None:
-        return Finding.skipped("no /metrics scrape returned a body: nothing to lint")
+        return Finding.skipped(f"{metrics_absent(ev) or 'no /metrics scrape returned a body'}: "
+                               "nothing to lint")
     text = ev.scrape_text(scrape)
     binary = promtool_path()
     if binary and text_scrape is not None:

@@ -21,6 +21,7 @@ from conformance.httpsem import (
 from conformance.model import Finding
 from conformance.registry import CheckContext, check
 from conformance.scenario import base_path, local_path, route_of, route_templates
+from conformance.telemetry import with_no_spans
 from conformance.view import RequestView, view_of
 
 SAMPLES = 10
@@ -141,7 +142,8 @@ def server_span_semconv(ctx: CheckContext) -> Finding:
                               f"e.g. {f['case']} {f['request']} -> {f['status']}: span "
                               f"{f['name']!r}: {f['problems'][0]}", observed, expected, **evidence)
     if not judged:
-        return Finding.inconclusive("no server span was joined to any request", observed,
+        return Finding.inconclusive(with_no_spans(ctx.evidence, "no server span was joined to "
+                                                  "any request"), observed,
                                     expected, **evidence)
     return Finding.passed(f"{judged} server spans follow the stable HTTP semconv", observed,
                           expected, **evidence)

@@ -16,6 +16,7 @@ from conformance.checks.tc_harness import (
 from conformance.model import Finding
 from conformance.registry import CheckContext, check
 from conformance.scenario import fanout_routes
+from conformance.telemetry import with_no_spans
 from conformance.view import SOURCE_DOWNSTREAM, Outbound, RequestView, View, view_of
 
 SAMPLES = 10
@@ -31,6 +32,14 @@ def outbound_traceparent(o: Outbound) -> tuple[TraceParent | None, str]:
         return None, f"{len(values)} traceparent headers"
     tp = parse_traceparent(values[0])
     return (tp, "") if tp else (None, f"invalid traceparent {values[0]!r}")
+
+
+def forwarded_verbatim(o: Outbound, sent: str) -> bool:
+    """The outbound call carries the inbound traceparent field(s) byte for byte: a proxy
+    passing headers through, not a tracer (which would put its own span in)."""
+    values = [v.strip() for v in o.values("traceparent")]
+    return bool(values and sent) and [x.strip() for x in ",".join(values).split(",")] == \
+        [x.strip() for x in sent.split(",")]
 
 
 def hex_windows(text: str, width: int) -> set[str]:
@@ -116,8 +125,9 @@ def server_span_continues_context(ctx: CheckContext) -> Finding:
             f"trace, e.g. {r.case}: sent {r.driver.request_headers.get('traceparent')}, "
             f"callback traceparent {got}", observed, expected, **evidence)
     if not continued and not wire_kept:
-        return Finding.inconclusive("no server span was exported for any request that sent a "
-                                    "valid traceparent", observed, expected, **evidence)
+        return Finding.inconclusive(with_no_spans(ctx.evidence, "no server span was exported "
+                                                  "for any request that sent a valid "
+                                                  "traceparent"), observed, expected, **evidence)
     wire = f"; {len(wire_kept)} harness case(s) without a span kept it on the wire" if wire_kept else ""
     return Finding.passed(f"{len(continued)} server spans continue the inbound traceparent "
                           f"(trace-id kept, parent = inbound parent-id){wire}", observed,
@@ -225,6 +235,11 @@ def invalid_traceparent_restarts(ctx: CheckContext) -> Finding:
                                 f"{r.span.parent_span_id}")
         outs = outbound_of(ctx, r)
         for o in outs:
+            if forwarded_verbatim(o, sent):
+                seen = True
+                problems.append(f"outbound ({o.witness}) forwards the invalid traceparent "
+                                "unchanged: no new trace was started")
+                continue
             tp, _ = outbound_traceparent(o)
             if tp is None:
                 continue  # no or broken outbound traceparent: TC-002 says so
@@ -256,8 +271,10 @@ def invalid_traceparent_restarts(ctx: CheckContext) -> Finding:
                               f"were continued, e.g. {f['case']}: sent {f['traceparent_sent']!r}: "
                               f"{f['problems'][0]}", observed, expected, **evidence)
     if not judged:
-        return Finding.inconclusive("no server span or outbound traceparent was seen for any "
-                                    "invalid traceparent request", observed, expected, **evidence)
+        return Finding.inconclusive(with_no_spans(ctx.evidence, "no server span or outbound "
+                                                  "traceparent was seen for any invalid "
+                                                  "traceparent request"),
+                                    observed, expected, **evidence)
     return Finding.passed(f"{judged} requests with invalid traceparent variants "
                           f"({len(by_variant)} kinds) started a new trace", observed, expected,
                           **evidence)
@@ -273,10 +290,13 @@ def generated_trace_ids_valid_unique(ctx: CheckContext) -> Finding:
                                "to start")
     sent = {r.driver.trace_id for r in view.requests if r.driver.trace_id}
     owners: dict[str, list[RequestView]] = defaultdict(list)
-    invalid, seen = [], 0
+    invalid, seen, verbatim = [], 0, 0
     for r in started:
         ids = {s.trace_id for s in r.spans}
         for o in outbound_of(ctx, r):
+            if forwarded_verbatim(o, r.driver.request_headers.get("traceparent", "")):
+                verbatim += 1  # the driver's own (invalid) header passed through: TC-003's
+                continue
             values = o.values("traceparent")
             if len(values) == 1 and len(values[0].split("-")) >= 2:
                 ids.add(values[0].strip().split("-")[1])
@@ -288,7 +308,8 @@ def generated_trace_ids_valid_unique(ctx: CheckContext) -> Finding:
                 invalid.append(r.ref(generated_trace_id=tid))
     dup = {tid: rs for tid, rs in owners.items() if len(rs) > 1 or tid in sent}
     observed = {"requests_without_valid_traceparent": len(started), "with_generated_id": seen,
-                "distinct_ids": len(owners), "invalid": len(invalid), "duplicated_ids": len(dup)}
+                "distinct_ids": len(owners), "invalid": len(invalid), "duplicated_ids": len(dup),
+                "outbound_forwarding_inbound_verbatim": verbatim}
     evidence = {
         "invalid": invalid[:SAMPLES],
         "duplicates": [{"trace_id": tid, "requests": [r.ref() for r in rs[:5]],
@@ -306,7 +327,10 @@ def generated_trace_ids_valid_unique(ctx: CheckContext) -> Finding:
                          f"{len(rs)} requests ({', '.join(sorted({x.case for x in rs})[:3])})")
         return Finding.failed("; ".join(parts), observed, expected, **evidence)
     if not seen:
-        return Finding.inconclusive("no server span or outbound call shows a trace-id the SUT "
-                                    "generated", observed, expected, **evidence)
+        passed_on = (f" ({verbatim} outbound call(s) only forwarded the inbound traceparent "
+                     "unchanged, see TC-003)" if verbatim else "")
+        return Finding.inconclusive(with_no_spans(ctx.evidence, "no server span or outbound "
+                                                  "call shows a trace-id the SUT generated"
+                                                  + passed_on), observed, expected, **evidence)
     return Finding.passed(f"{len(owners)} generated trace-ids for {seen} requests: valid and "
                           "unique", observed, expected, **evidence)

@@ -11,6 +11,7 @@ from conformance.checks.tc import hex_windows
 from conformance.index import put_one_or_many
 from conformance.model import Finding
 from conformance.registry import CheckContext, check
+from conformance.telemetry import with_no_spans
 from conformance.view import view_of
 
 SAMPLES = 10
@@ -165,8 +166,9 @@ def span_tree_integrity(ctx: CheckContext) -> Finding:
             if linked:
                 cycles += [_span_ref(s) for s in _cycles(by_id)]
     if not n_traces:
-        return Finding.inconclusive("no span was exported for any trace the driver's requests "
-                                    "started", {"traces": 0}, expected)
+        return Finding.inconclusive(with_no_spans(ctx.evidence, "no span was exported for any "
+                                                  "trace the driver's requests started"),
+                                    {"traces": 0}, expected)
     for found in (orphans, extra_roots, dup_ids, cycles, outside):
         found.sort(key=itemgetter("trace_id"))  # stable: in-trace order kept
     observed = {"traces": n_traces, "spans": n_spans, "orphans": len(orphans),

@@ -135,12 +135,14 @@ def test_view_name_labels_fall_back_to_method_and_status(run):
     assert any("holds no path" in n for n in r.evidence["notes"])
 
 
-def test_no_scrape_and_no_otlp_is_inconclusive(run):
+def test_no_scrape_and_no_otlp_is_a_skip_that_names_the_missing_layer(run):
+    # No metric source at all (no metrics URL, no OTLP metric): like a missing catalogue,
+    # nothing to compare; tests/conformance/test_no_telemetry.py has the other cases.
     b = run()
     b.request()
     r = kt002(b.build())
-    assert r.status == Status.INCONCLUSIVE
-    assert "before and after" in r.message
+    assert r.status == Status.SKIP
+    assert "no metrics URL was given" in r.message and "no OTLP metric arrived" in r.message
 
 
 def _otlp_points(b, counts, start_ns, t_before, t_after, temporality="CUMULATIVE"):

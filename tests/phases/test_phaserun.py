@@ -104,6 +104,18 @@ def test_a_failing_before_scrape_stops_the_run(witness, writer):
         run_phases(plan(from_paths(["/a"]), requests=1, concurrency=1), LoadDriver(witness.url), scraper)
 
 
+def test_a_metrics_url_answering_404_is_recorded_once_and_the_run_goes_on(witness, writer):
+    """No /metrics endpoint is a finding about the SUT (KT-002 and SC-001 skip and say so),
+    not a harness error: the 404 stays in the evidence and nothing more is scraped."""
+    witness.metrics_status = 404
+    scraper = Scraper(witness.url + "/metrics", writer)
+    records = run_phases(plan(from_paths(["/a"]), requests=3, concurrency=1),
+                         LoadDriver(witness.url, writer), scraper, scrape_interval_s=0.05)
+    assert records and all(r.status == 200 for r in records)
+    assert [(s.phase, s.status) for s in scraper.scrapes] == [("before", 404)]
+    assert [p for p, _, _ in witness.seen].count("/metrics") == 1
+
+
 @pytest.mark.parametrize(("answers", "status"), [([], 200), ([503, 503], 200), ([404], 404)],
                          ids=["ok", "retries-5xx", "4xx-is-final"])
 def test_the_health_probe_retries_only_what_may_pass(witness, answers, status):
