@@ -6,9 +6,12 @@
 // OTEL_EXPORTER_OTLP_*, OTEL_BSP_*, OTEL_PROPAGATORS, OTEL_SERVICE_NAME ...), with the
 // auto-instrumentations' defaults (http, express, undici for global fetch, ...).
 //
-// REALWORLD_FAULT=drop-spans:N drops every Nth SERVER span before it reaches the batch
-// processor (a SpanProcessor wrapper: the spans a buggy pipeline loses) and writes
-// {"dropped_server_spans": n} to $REALWORLD_COUNTS_FILE at exit.
+// REALWORLD_FAULT=drop-spans:N drops every Nth SERVER span of the load driver's GET
+// /items/... requests before it reaches the batch processor (a SpanProcessor wrapper: the
+// spans a lossy pipeline loses) and writes {"dropped_server_spans": n} to
+// $REALWORLD_COUNTS_FILE at each drop. Only /items/... and only the driver's (its
+// User-Agent): obsconform's trace-context and bizCode phases never request it, so the loss
+// is the load phase's alone, as in the Python services (examples/realworld/otelsetup.py).
 //
 // On SIGTERM (how obsconform stops an --exec service) the SDK is shut down, which exports
 // the spans and metrics still buffered, before the process exits: Node's default SIGTERM
@@ -23,13 +26,26 @@ const { NodeSDK } = require('@opentelemetry/sdk-node');
 const { BatchSpanProcessor } = require('@opentelemetry/sdk-trace-base');
 
 const SHUTDOWN_TIMEOUT_MS = 5000; // obsconform SIGKILLs 10 s after SIGTERM
+const DRIVER_USER_AGENT = 'obsconform-driver'; // agent.evidence.DRIVER_USER_AGENT
+const DROP_PATH_PREFIX = '/items/';
 
-/** Passes every span on to `inner` except every `n`th SERVER span, which it counts. */
+/** A SERVER span of the driver's GET /items/... request (stable or pre-1.21 names). */
+function droppable(span) {
+  if (span.kind !== SpanKind.SERVER) return false;
+  const a = span.attributes || {};
+  const ua = String(a['user_agent.original'] ?? a['http.user_agent'] ?? '');
+  const method = a['http.request.method'] ?? a['http.method'];
+  const target = String(a['url.path'] ?? a['http.target'] ?? '').split('?')[0];
+  return ua.startsWith(DRIVER_USER_AGENT) && method === 'GET' && target.startsWith(DROP_PATH_PREFIX);
+}
+
+/** Passes every span on to `inner` except every `n`th droppable one, which it counts. */
 class DropEveryNthServerSpan {
-  constructor(inner, n) {
+  constructor(inner, n, countsFile) {
     this.inner = inner;
     this.n = n;
-    this.serverSpans = 0;
+    this.countsFile = countsFile;
+    this.seen = 0;
     this.dropped = 0;
   }
 
@@ -38,8 +54,9 @@ class DropEveryNthServerSpan {
   }
 
   onEnd(span) {
-    if (span.kind === SpanKind.SERVER && ++this.serverSpans % this.n === 0) {
+    if (droppable(span) && ++this.seen % this.n === 0) {
       this.dropped += 1;
+      this.writeCounts(); // now, not only at exit: a killed process still tells
       return;
     }
     this.inner.onEnd(span);
@@ -51,6 +68,14 @@ class DropEveryNthServerSpan {
 
   shutdown() {
     return this.inner.shutdown();
+  }
+
+  writeCounts() {
+    if (!this.countsFile) return;
+    const file = this.countsFile;
+    const tmp = path.join(path.dirname(file), `.${path.basename(file)}.${process.pid}.tmp`);
+    fs.writeFileSync(tmp, JSON.stringify({ dropped_server_spans: this.dropped }));
+    fs.renameSync(tmp, file); // atomic: a reader never sees half a file
   }
 }
 
@@ -86,20 +111,13 @@ if (fault) {
       maxExportBatchSize: envNumber('OTEL_BSP_MAX_EXPORT_BATCH_SIZE'),
     }),
     fault.n,
+    process.env.REALWORLD_COUNTS_FILE,
   );
   config.spanProcessors = [dropper];
 }
 
 const sdk = new NodeSDK(config);
 sdk.start();
-
-function writeCounts() {
-  const file = process.env.REALWORLD_COUNTS_FILE;
-  if (!file || !dropper) return;
-  const tmp = path.join(path.dirname(file), `.${path.basename(file)}.${process.pid}.tmp`);
-  fs.writeFileSync(tmp, JSON.stringify({ dropped_server_spans: dropper.dropped }));
-  fs.renameSync(tmp, file); // atomic: a reader never sees half a file
-}
 
 let stopping = false;
 process.on('SIGTERM', () => {
@@ -109,7 +127,7 @@ process.on('SIGTERM', () => {
   Promise.race([sdk.shutdown(), timeout])
     .catch((err) => console.error('OpenTelemetry SDK shutdown failed:', err))
     .finally(() => {
-      writeCounts();
+      if (dropper) dropper.writeCounts(); // also when nothing was dropped: 0, not no file
       process.exit(0);
     });
 });
