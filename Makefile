@@ -30,7 +30,7 @@ demo: setup
 	@$(VENV)/bin/obsconform demo; rc=$$?; [ $$rc -ne 1 ] || exit 1
 
 # pytest exits 5 when it collected no test: that is a failure here, not a pass.
-test: HOST_GROUPS = lint report
+test: HOST_GROUPS = lint report realworld
 # Kernel tests never skip here: a skipped one fails (tests/conftest.py).
 test: setup
 	@OBSCONFORM_REQUIRE_KERNEL=1 $(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Idempotent host set-up for obsconform: Debian packages, kernel headers for bcc,
 # tracefs. A second run does no install work. Usage: setup-host.sh [extra-group ...]
-#   groups: core (always), bench (nginx, wrk), report (chromium), lint (promtool)
+#   groups: core (always), bench (nginx, wrk), report (chromium), lint (promtool),
+#           realworld (nginx: the real-world stack with no telemetry)
 set -euo pipefail
 
 log() { printf 'setup: %s\n' "$*" >&2; }
@@ -16,10 +17,11 @@ declare -A GROUP=(
   [lint]="prometheus"
   [bench]="nginx-light wrk linux-perf"
   [report]="chromium"
+  [realworld]="nginx-light"
 )
 want=(${GROUP[core]})
 for g in "$@"; do
-  [ -n "${GROUP[$g]:-}" ] || { log "unknown package group '$g' (core, lint, bench, report)"; exit 1; }
+  [ -n "${GROUP[$g]:-}" ] || { log "unknown package group '$g' (core, lint, bench, report, realworld)"; exit 1; }
   want+=(${GROUP[$g]})
 done
 

@@ -1,0 +1,1 @@
+"""nginx as a service with no telemetry: its config template and launcher."""
