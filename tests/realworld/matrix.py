@@ -85,3 +85,11 @@ def all_stacks() -> list[Stack]:
     for info in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda i: i.name):
         out.extend(importlib.import_module(f"{pkg.__name__}.{info.name}").STACKS)
     return out
+
+
+if __name__ == "__main__":  # python -m tests.realworld.matrix --markdown-into README.md
+    import sys
+
+    from tests.realworld.matrix_table import main
+
+    sys.exit(main())
