@@ -14,7 +14,7 @@ pytestmark = pytest.mark.kernel
 
 # Failed in the last fresh-clone run of the session that added them, not yet examined (see
 # issue 11's note): expected to fail until someone reads their reports; a pass is reported.
-UNEXAMINED = {"fastapi-propagator-b3", "aiohttp-propagator-b3"}
+UNEXAMINED = {"fastapi-propagator-b3", "aiohttp-propagator-b3", "tornado-propagator-b3"}
 CASES = [pytest.param(s, r, id=f"{s.name}-{r.name}",
                       marks=[pytest.mark.xfail(reason="unexamined failure, issue 11 note")]
                       if f"{s.name}-{r.name}" in UNEXAMINED else [])
