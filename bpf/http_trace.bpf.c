@@ -692,6 +692,8 @@ int obsc_ex_accept(struct sys_exit_args *args)
             addr = ap->ptr;
             len = ap->cnt;
             ap->nr = NR_DONE;
+            if (ap->primed) /* blocked in accept at attach: agent/kernel/inflight.py */
+                count(HTTP_CTR_PRIMED);
         }
     } else if (!is_target(tgid)) {
         return 0;

@@ -6,6 +6,10 @@ would be missed. /proc/PID/task/TID/syscall shows the syscall a blocked thread i
 its arguments; writing them into the kernel's io_args map (marked "primed") before the
 process is added to the target set lets the exit program handle that read like any other.
 
+A thread blocked in accept() is primed the same way, with the caller's address buffer and
+its size (read from /proc/PID/mem, as the enter program reads it from user memory), so the
+connection it returns still has its peer address.
+
 The exit program uses primed arguments only for the same syscall number. After targeting,
 ``settle`` reads /proc again and removes primed entries whose thread has moved on (its
 syscall returned before it was a target): a stale entry is never used for a later call.
@@ -16,6 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import platform
+import sys
 from dataclasses import dataclass
 
 from agent.kernel.events import (
@@ -40,13 +45,15 @@ _FAMILIES = {
     "sendto": (SC_SENDTO, DIR_WRITE, SHAPE_BUF, None),
     "sendmsg": (SC_SENDMSG, DIR_WRITE, SHAPE_MSG, None),
     "sendfile64": (SC_SENDFILE, DIR_WRITE, SHAPE_NONE, None),
+    "accept": (0, DIR_READ, SHAPE_ACCEPT, None),
+    "accept4": (0, DIR_READ, SHAPE_ACCEPT, None),
 }
 # Syscall numbers (arch/*/entry/syscalls tables); other architectures are not primed.
 SYSCALL_NUMBERS = {
     "x86_64": {"read": 0, "write": 1, "readv": 19, "writev": 20, "sendfile64": 40, "sendto": 44,
-               "recvfrom": 45, "sendmsg": 46, "recvmsg": 47},
+               "recvfrom": 45, "sendmsg": 46, "recvmsg": 47, "accept": 43, "accept4": 288},
     "aarch64": {"read": 63, "write": 64, "readv": 65, "writev": 66, "sendfile64": 71, "sendto": 206,
-                "recvfrom": 207, "sendmsg": 211, "recvmsg": 212},
+                "recvfrom": 207, "sendmsg": 211, "recvmsg": 212, "accept": 202, "accept4": 242},
 }
 
 
@@ -80,7 +87,7 @@ def read_syscall(tgid: int, tid: int) -> InFlight | None:
 
 
 def in_flight(tgid: int) -> list[InFlight]:
-    """The read/write-family syscalls the threads of ``tgid`` are blocked in now."""
+    """The read/write-family and accept syscalls the threads of ``tgid`` are blocked in now."""
     numbers = _numbers()
     try:
         tids = [int(t) for t in os.listdir(f"/proc/{tgid}/task")]
@@ -103,10 +110,24 @@ def io_args_fields(call: InFlight) -> dict[str, int] | None:
     if flags_at is not None and call.args[flags_at] & MSG_PEEK:
         shape = SHAPE_SKIP
     cnt = call.args[2] if shape == SHAPE_IOV else 0
+    if shape == SHAPE_ACCEPT:  # the buffer's size, as the enter program reads it
+        cnt = _user_int(call.tgid, call.args[2]) if call.args[1] and call.args[2] else 0
     fd = call.args[0] & 0xFFFFFFFF
     fd = fd - (1 << 32) if fd >= 1 << 31 else fd
     return {"ptr": call.args[1] if shape != SHAPE_NONE else 0, "cnt": cnt, "fd": fd, "nr": call.nr,
             "sc": sc, "dir": direction, "shape": shape, "primed": 1}
+
+
+def _user_int(tgid: int, addr: int) -> int:
+    """The positive C int at ``addr`` in process ``tgid``'s memory, else 0 (unreadable:
+    the peer then stays unknown, as when the enter program cannot read it)."""
+    try:
+        with open(f"/proc/{tgid}/mem", "rb", buffering=0) as f:
+            raw = os.pread(f.fileno(), 4, addr)
+    except (OSError, OverflowError, ValueError):
+        return 0
+    value = int.from_bytes(raw, sys.byteorder, signed=True) if len(raw) == 4 else 0
+    return max(value, 0)
 
 
 class Primer:

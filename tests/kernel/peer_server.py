@@ -6,7 +6,8 @@
   accept4-null libc accept4(fd, NULL, NULL, SOCK_CLOEXEC), as libuv (Node.js) does
   accept-short libc accept with a 28-byte buffer the call is told is 16 bytes long, the
                rest filled with 0xff (an IPv6 peer does not fit: the kernel truncates)
-Prints "port <n>" once it listens.
+--blocking accepts in a loop of blocking calls instead of after select(), so that the main
+thread sits inside accept while nothing connects. Prints "port <n>" once it listens.
 """
 
 from __future__ import annotations
@@ -50,12 +51,16 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--family", choices=["4", "6"], default="4")
     ap.add_argument("--accept", choices=["python", "accept", "accept4-null", "accept-short"], default="python")
+    ap.add_argument("--blocking", action="store_true")
     args = ap.parse_args()
     Server.address_family = socket.AF_INET6 if args.family == "6" else socket.AF_INET
     Server.mode = args.accept
     srv = Server(("::1" if args.family == "6" else "127.0.0.1", 0), Handler)
     print(f"port {srv.server_address[1]}", flush=True)
-    srv.serve_forever()
+    if not args.blocking:
+        srv.serve_forever()
+    while True:
+        srv.process_request(*srv.get_request())  # a thread per connection
 
 
 if __name__ == "__main__":

@@ -132,3 +132,19 @@ def test_decode_reads_the_peer_and_peer_of_prints_it(flags, addr, port, expected
     ev = events.decode(bytes(head))
     assert (ev.peer_port, ev.peer_addr) == (port, addr)
     assert events.peer_of(ev) == expected
+
+
+@pytest.mark.parametrize("with_buffer, cnt", [(True, 28), (False, 0)], ids=["buffer-size-read-from-memory", "null-like-libuv"])
+def test_a_blocked_accept_is_primed_with_its_buffer_and_the_size_in_user_memory(with_buffer, cnt):
+    import platform
+
+    from agent.kernel import inflight
+
+    numbers = inflight.SYSCALL_NUMBERS.get(platform.machine())
+    if numbers is None:
+        pytest.skip(f"no syscall table for {platform.machine()}")
+    size = ctypes.c_int(28)  # what a caller passes as *upeer_addrlen: read from /proc/PID/mem
+    buf, lenp = (0x7000, ctypes.addressof(size)) if with_buffer else (0, 0)
+    fields = inflight.io_args_fields(inflight.InFlight(os.getpid(), 2, numbers["accept4"], (5, buf, lenp, 0, 0, 0)))
+    assert {k: fields[k] for k in ("fd", "ptr", "cnt", "shape", "primed")} == \
+        {"fd": 5, "ptr": buf, "cnt": cnt, "shape": inflight.SHAPE_ACCEPT, "primed": 1}

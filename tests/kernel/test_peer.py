@@ -4,15 +4,17 @@ loopback: the propagation-free key that joins kernel requests to server spans.""
 from __future__ import annotations
 
 import http.client
+import platform
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
 
 from agent.downstream import DownstreamSink
+from agent.kernel.inflight import SYSCALL_NUMBERS, read_syscall
 from agent.kernel.probes import hook_points
 from agent.tracecontext import new_traceparent
-from tests.kernel.conftest import wait_requests
+from tests.kernel.conftest import wait_for, wait_requests
 
 pytestmark = pytest.mark.kernel
 PEER_SERVER = Path(__file__).with_name("peer_server.py")
@@ -66,6 +68,22 @@ def test_every_request_carries_the_client_address_accept_wrote(collector, start_
     for r in got:
         per_conn.setdefault(r.conn, set()).add(r.peer_port)
     assert len(per_conn) == CONNS and all(len(ports) == 1 for ports in per_conn.values()), per_conn
+
+
+@pytest.mark.parametrize("accept, name", [("python", "accept4"), ("accept", "accept")], ids=["accept4", "accept"])
+def test_an_accept_already_blocked_at_attach_still_gives_the_peer(collector, start_server, accept, name):
+    numbers = SYSCALL_NUMBERS.get(platform.machine())
+    if numbers is None:
+        pytest.fail(f"no syscall table for {platform.machine()} in agent/kernel/inflight.py")
+    sut = start_server("--accept", accept, "--blocking", script=PEER_SERVER)
+    wait_for(lambda: (call := read_syscall(sut.pid, sut.pid)) is not None and call.nr == numbers[name],
+             what=f"the server's main thread to block in {name}")
+    collector.add_target(sut.pid)  # primes the blocked accept from /proc
+    sent = keep_alive_load("127.0.0.1", sut.port)
+    got = wait_requests(collector, sut.pid, len(sent))
+    collector.remove_target(sut.pid)
+    assert {r.header("traceparent"): (r.peer_addr, r.peer_port) for r in got} == \
+        {tp: ("127.0.0.1", port) for tp, port in sent.items()}
 
 
 def proxy(port: int, downstream_port: int) -> tuple[int, int]:
