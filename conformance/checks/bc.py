@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
+from agent.evidence import DownstreamRecord
 from conformance.model import Finding, Status
 from conformance.registry import CheckContext, check
 from conformance.scenario import biz_header, expected_biz_code, fanout_routes
@@ -121,11 +122,36 @@ def no_biz_code_leak(ctx: CheckContext) -> Finding:
             f"#{f['seq']} ({f['traceparent_sent']}) expected {f['expected']!r}, its {f['where']} "
             f"carries {f['got']!r} ({what})", observed, expected, **evidence)
     if not judged:
-        return Finding.inconclusive("no outbound call or span biz.code was seen for the "
-                                    "concurrent requests", observed, expected, **evidence)
+        # Calls the sink received but could tie to no request (no traceparent continued, an
+        # event loop serving them all): when none carries any bizCode, none can leak one,
+        # whichever request made it; the verdict must not hang on how requests overlapped.
+        loose = _untied_calls(view.unattributed, reqs)
+        observed["untied_outbound"] = len(loose)
+        with_code = [rec for rec in loose if any(v.strip(" \t") for v in
+                                                 rec.headers.get(header.lower(), []))]
+        observed["untied_with_biz_code"] = len(with_code)
+        if loose and not with_code:
+            return Finding(
+                Status.SKIP, f"the {len(loose)} outbound call(s) the sink received during the "
+                f"concurrent phase carry no bizCode ({header}) and no span carries "
+                f"{SPAN_ATTR}: nothing to leak, though no call could be tied to its request; "
+                "BC-001 and BC-003 judge the missing layer", observed, expected, evidence)
+        why = (f"{len(with_code)} outbound call(s) carry a bizCode but none could be tied to "
+               "its request (no traceparent continued, no single request in flight)"
+               if with_code else "no outbound call or span biz.code was seen for the "
+               "concurrent requests")
+        return Finding.inconclusive(why, observed, expected, **evidence)
     return Finding.passed(f"{judged} of {len(reqs)} interleaved requests, each with its own "
                           f"bizCode ({len(others)} distinct): no leak", observed, expected,
                           **evidence)
+
+
+def _untied_calls(records: list[DownstreamRecord],
+                  reqs: list[RequestView]) -> list[DownstreamRecord]:
+    """The sink records tied to no request that arrived while ``reqs`` were in flight."""
+    lo = min(r.driver.t_send_ns for r in reqs)
+    hi = max(r.driver.t_recv_ns or r.driver.t_send_ns for r in reqs)
+    return [rec for rec in records if lo <= rec.t_ns <= hi]
 
 
 @check("BC-003")
