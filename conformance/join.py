@@ -28,6 +28,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from operator import attrgetter
 from typing import Any
+from urllib.parse import urlsplit
 
 from agent.evidence import (
     AGENT_USER_AGENT, DriverRecord, Evidence, KernelRequest, Span, driver_marker,
@@ -98,6 +99,9 @@ class Joined:
     unjoined_spans: list[Span]  # SERVER spans that match no kernel request
     unattributed_outbound: list[KernelRequest]  # client requests of no request under test
     unmatched_driver: list[DriverRecord]  # driver records the kernel did not see
+    # The SUT's own OTLP exports the kernel saw (to obsconform's receivers or sent by an OTel
+    # exporter): telemetry about the work, never an outbound call of a request.
+    telemetry_exports: list[KernelRequest] = field(default_factory=list)
     heuristic_joins: int = 0  # joined without an identifier (peer or time)
     notes: list[str] = field(default_factory=list)
     span_index: SpanIndex | None = None  # every span indexed (the view reuses it)
@@ -182,9 +186,14 @@ def join(evidence: Evidence) -> Joined:
 
     unmatched_driver = _join_driver(under_test, evidence.driver, slop)
     unattributed = []
+    exports = []
     if client_reqs:
         by_id = {r.kernel.id: r for r in under_test}
+        is_export = _telemetry_export_test(evidence.meta.target)
         for c in client_reqs:
+            if is_export(c):
+                exports.append(c)
+                continue
             parent = by_id.get(c.parent_request or "")
             if parent is None:
                 unattributed.append(c)
@@ -207,6 +216,10 @@ def join(evidence: Evidence) -> Joined:
         notes.append(f"joined without an identifier the SUT recorded: "
                      f"{joined_by[JOIN_PEER]} by client port, {joined_by[JOIN_TIME]} by "
                      "method, path, status and time (end times; an optimal assignment)")
+    if exports:
+        notes.append(f"{len(exports)} outbound request(s) were the SUT's own OTLP exports "
+                     "(to obsconform's receiver or from an OTel exporter): not counted as "
+                     "outbound calls of the requests they overlapped")
     if unjoinable:
         notes.append(f"{len(unjoinable)} request(s) could not be joined to a span with "
                      f"certainty ({len(unjoinable_spans)} candidate span(s) fit several "
@@ -215,10 +228,44 @@ def join(evidence: Evidence) -> Joined:
         requests=under_test, agent_requests=[r.kernel for r in agent],
         agent_spans=[s for r in agent for s in r.spans], unjoined_spans=unjoined,
         unattributed_outbound=unattributed, unmatched_driver=unmatched_driver,
-        heuristic_joins=joined_by[JOIN_TIME] + joined_by[JOIN_PEER], notes=notes,
+        telemetry_exports=exports, heuristic_joins=joined_by[JOIN_TIME] + joined_by[JOIN_PEER], notes=notes,
         span_index=index, unjoinable=unjoinable, unjoinable_spans=unjoinable_spans,
         joined_by=joined_by,
     )
+
+
+# OTel SDK exporters name themselves so (OTel-OTLP-Exporter-Python/…, -JavaScript/…, -Go/…).
+_EXPORTER_UA = "otel-otlp-exporter"
+_WILDCARD_HOSTS = ("", "0.0.0.0", "::", "[::]")
+
+
+def _telemetry_export_test(target: dict[str, Any]):
+    """A test for client requests that are the SUT exporting telemetry, not doing its work.
+
+    On an event-loop runtime an export sent while a request is in flight is kernel-parented
+    to that request; taken for its outbound call it would fail TC-002 (no traceparent) on a
+    clean service. Known by where it goes (the run's OTLP receivers) or by who sends it."""
+    receivers = []
+    for key in ("otlp_endpoint", "otlp_grpc_endpoint"):
+        url = str(target.get(key) or "")
+        if not url:
+            continue
+        parts = urlsplit(url)
+        try:
+            port = parts.port
+        except ValueError:
+            continue
+        if port:
+            receivers.append(((parts.hostname or "").strip("[]"), port))
+
+    def is_export(c: KernelRequest) -> bool:
+        if (c.header("user-agent") or "").lower().startswith(_EXPORTER_UA):
+            return True
+        peer = c.peer_addr.removeprefix("::ffff:")  # IPv4 reached over an AF_INET6 socket
+        return any(c.peer_port == port and (host in _WILDCARD_HOSTS or peer == host)
+                   for host, port in receivers)
+
+    return is_export
 
 
 def _by_key(requests: list[JoinedRequest], keys: list[str | None]) -> dict[str, Any]:

@@ -103,6 +103,29 @@ def test_outbound_requests_and_client_spans_attach_to_their_inbound_request(run)
     assert j.unattributed_outbound == []
 
 
+def test_the_suts_own_otlp_exports_are_not_outbound_calls_of_a_request(run):
+    # Node's event loop sends an export while a request is in flight: the kernel parents it
+    # to that request. Taken for its outbound call it failed TC-002 on a clean service.
+    b = run()
+    k = b.request()
+    out = b.outbound(k)
+    to_receiver = b.outbound(k, "/v1/traces")
+    to_receiver.peer_addr, to_receiver.peer_port = "::ffff:127.0.0.1", 4318
+    to_receiver.headers = {"content-type": ["application/x-protobuf"]}
+    by_exporter = b.outbound(k, "/v1/metrics")
+    by_exporter.peer_addr, by_exporter.peer_port = "10.0.0.9", 4318  # the user's collector
+    by_exporter.headers = {"user-agent": ["OTel-OTLP-Exporter-JavaScript/0.52.1"]}
+    business = b.outbound(k, "/v1/traces")  # same path, elsewhere, no exporter: a real call
+    business.peer_addr, business.peer_port = "127.0.0.1", 9999
+    ev = b.build()
+    ev.meta.target["otlp_endpoint"] = "http://127.0.0.1:4318"
+    j = join(ev)
+    (r,) = j.requests
+    assert [o.id for o in r.outbound] == [out.id, business.id]
+    assert [c.id for c in j.telemetry_exports] == [to_receiver.id, by_exporter.id]
+    assert any("own OTLP exports" in n for n in j.notes)
+
+
 def test_a_span_cycle_does_not_hang_the_join(run):
     b = run()
     b.request()

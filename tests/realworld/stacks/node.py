@@ -99,17 +99,6 @@ CLEAN = (
     NotPass(("AL-003",), "skip", "no OTLP log records and no JSON log lines: nothing to align "
             "(no logging library is instrumented; console output is plain text)"),
 )
-# Not a finding on the stack: obsconform's kernel view gives the OTLP exporter's
-# POST /v1/traces to its own receiver, when it is sent from the event loop while a
-# POST /orders is in flight, to that request as an outbound call (parent_request), and TC-002
-# then finds that call without a traceparent. Whether an export lands inside an /orders
-# request is timing: 0 to 3 such calls a run were seen.
-TC002_OTLP_EXPORT = {
-    "TC-002": "obsconform's fault, not the stack's: on Node's single event-loop thread the "
-              "kernel attributes an OTLP export (POST /v1/traces to obsconform's receiver) "
-              "sent while a POST /orders is in flight to that request as its outbound call, "
-              "which carries no traceparent; whether one lands there is timing",
-}
 CLEAN_COUNTS = {
     "KT-001.observed.missing": 0, "KT-001.observed.duplicates": 0,
     # the tc phase's 2 valid-unsampled requests rightly have no span
@@ -159,10 +148,10 @@ STACKS = [
                   ("npm", "express-prom-bundle"), ("npm", "prom-client")),
         prepare=_prepare,
         runs=(
-            MatrixRun("clean", {}, CLEAN, CLEAN_COUNTS, dict(TC002_OTLP_EXPORT), exit_code=2,
+            MatrixRun("clean", {}, CLEAN, CLEAN_COUNTS, {}, exit_code=2,
                       description="as the sdk-node docs set it up, everything from OTEL_*"),
             MatrixRun("drop-spans", {"REALWORLD_FAULT": f"drop-spans:{DROP_EVERY}"},
-                      CLEAN + DROP, DROP_COUNTS, dict(TC002_OTLP_EXPORT), exit_code=2,
+                      CLEAN + DROP, DROP_COUNTS, {}, exit_code=2,
                       description=f"every {DROP_EVERY}rd server span of GET /items/... "
                                   "dropped by a span processor"),
             MatrixRun("propagator-b3", {"OTEL_PROPAGATORS": "b3"}, CLEAN + B3, B3_COUNTS,
