@@ -6,7 +6,7 @@ PY    := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: setup host venv demo test test-fast bench catalogue-table clean
+.PHONY: setup host venv demo test test-fast bench catalogue-table matrix-table clean
 
 setup: host venv
 
@@ -45,6 +45,10 @@ bench: setup
 
 catalogue-table: venv
 	@$(PY) -c 'import sys; from conformance.catalogue import main; sys.exit(main(sys.argv[1:]))' --markdown-into README.md
+
+# The README's "Tested stacks" table, from tests/realworld/matrix.py's records.
+matrix-table: venv
+	@$(PY) -m tests.realworld.matrix --markdown-into README.md
 
 clean:
 	rm -rf $(VENV) reports/runs .pytest_cache

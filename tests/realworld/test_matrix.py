@@ -12,13 +12,7 @@ from tests.realworld.matrix import SERVICE_COUNT, MatrixRun, Stack, all_stacks
 
 pytestmark = pytest.mark.kernel
 
-# Failed in the last fresh-clone run of the session that added them, not yet examined (see
-# issue 11's note): expected to fail until someone reads their reports; a pass is reported.
-UNEXAMINED = {"fastapi-propagator-b3", "aiohttp-propagator-b3", "tornado-propagator-b3"}
-CASES = [pytest.param(s, r, id=f"{s.name}-{r.name}",
-                      marks=[pytest.mark.xfail(reason="unexamined failure, issue 11 note")]
-                      if f"{s.name}-{r.name}" in UNEXAMINED else [])
-         for s in all_stacks() for r in s.runs]
+CASES = [pytest.param(s, r, id=f"{s.name}-{r.name}") for s in all_stacks() for r in s.runs]
 
 
 def expected_statuses(run: MatrixRun, check_ids: list[str]) -> dict[str, str]:
