@@ -7,8 +7,12 @@ end spans to the microsecond, next to the response's first or last write. So the
 (request, span) is how far the span's end lies from the response's writes, corrected by the
 offset the run's identified joins show (``Timing.calibrate``); the start only bounds what is
 feasible (never earlier than the read of the request line by more than its quantum).
-A request is declared without span only when every span that could be its own is clearly
-another's; otherwise it is ``unjoinable`` and never counted as lost.
+When no identifier joined enough pairs to calibrate on, the offset is learnt from the
+components of one request and one span (certain without any model). A request is declared
+without span only when every span that could be its own is clearly another's, by more than
+the latest span end the certain pairs showed (a preempted thread ends its span late, and
+the taker may be the request whose span was dropped); otherwise it is ``unjoinable`` and
+never counted as lost.
 """
 
 from __future__ import annotations
@@ -30,6 +34,9 @@ END_AFTER_NS = 5_000_000
 DEFAULT_TOLERANCE_NS = 300_000
 MIN_TOLERANCE_NS = 50_000
 CALIBRATION_MIN = 10  # identified pairs needed to trust the measured end offset
+# Certain pairs needed before their latest span end is taken as the run's tail: fewer would
+# miss a late end that one span in a hundred shows (a preempted thread).
+TAIL_MIN_PAIRS = 200
 # Added to the cost of giving a span to a request sent unsampled (flags 00): such a request
 # rightly has none, so it takes a span only when that span clearly fits no other request.
 UNSAMPLED_PENALTY_TOLERANCES = 4
@@ -65,6 +72,14 @@ class Timing:
     anchor: str = "interval"  # "first" | "last" | "interval" (no calibration)
     offset_ns: int = 0  # median (span end - anchor write) of identified joins
     tolerance_ns: int = DEFAULT_TOLERANCE_NS
+    # The farthest a certain pair's span end strayed from the anchor (a thread preempted
+    # before ending its span): a request is declared without span only when the span it
+    # could own fits its taker better than this. Unmeasured: all the lateness allowed.
+    tail_ns: int = END_AFTER_NS
+
+    @property
+    def calibrated(self) -> bool:
+        return self.anchor != "interval"
 
     @classmethod
     def calibrate(cls, uncertainty_ns: int, pairs: list[tuple[KernelRequest, Span]],
@@ -88,6 +103,10 @@ class Timing:
                 best = (anchor, med, p95)
         t.anchor, t.offset_ns = best[0], best[1]
         t.tolerance_ns = min(DEFAULT_TOLERANCE_NS, 2 * best[2]) + base
+        anchor_of = (lambda k: k.t_resp_first) if t.anchor == "first" else (lambda k: k.t_resp_last)
+        worst = max(abs(s.end_ns - anchor_of(k) - t.offset_ns) for k, s in pairs)
+        if len(pairs) >= TAIL_MIN_PAIRS:
+            t.tail_ns = min(END_AFTER_NS, worst) + base
         return t
 
     def feasible(self, k: KernelRequest, s: Span) -> bool:
@@ -177,6 +196,13 @@ def assign(requests: list[KernelRequest], spans: list[Span],
         if group_of_request(requests[i]) is not None:
             comp_reqs.setdefault(find(i), []).append(i)
 
+    if not timing.calibrated:
+        # No identified join to learn the end anchor from: learn it from the certain time
+        # joins, the components of one request and one span.
+        alone = [(requests[reqs[0]], spans[sp[0]]) for root, reqs in comp_reqs.items()
+                 if len(reqs) == 1 and len(sp := comp_spans.get(root, [])) == 1]
+        if len(alone) >= CALIBRATION_MIN:
+            timing = Timing.calibrate(timing.uncertainty_ns, alone, spans)
     penalty = UNSAMPLED_PENALTY_TOLERANCES * timing.tolerance_ns
     out = TimeJoin([], [], [], [])
     for root, reqs in comp_reqs.items():
@@ -219,6 +245,19 @@ def _solve(requests: list[KernelRequest], spans: list[Span], edges: list[list[in
         if (col.size and col.min() - here < tol) or (rw.size and rw.min() - here < tol):
             unsure_r.add(r)
             unsure_c.add(c)
+    owner = {c: r for r, c in chosen}
+    for r in range(len(reqs)):
+        if r in taken_r:
+            continue
+        # Without span only if every span that could be its own is surely another's: for a
+        # request sent sampled, surely even had its own span ended as late as the run's
+        # latest (the taker may be the one whose span was dropped).
+        feasible = np.flatnonzero(cost[r, :] < _INFEASIBLE)
+        late = [] if reqs[r] in unsampled else \
+            [c for c in feasible if c in owner and cost[r, c] - cost[owner[c], c] < timing.tail_ns]
+        for c in late:
+            unsure_r.add(owner[c])
+            unsure_c.add(c)
     for r, c in chosen:
         if r not in unsure_r:
             out.pairs.append((reqs[r], spans[sp[c]]))
@@ -226,7 +265,6 @@ def _solve(requests: list[KernelRequest], spans: list[Span], edges: list[list[in
         if r in taken_r and r not in unsure_r:
             continue
         if r not in taken_r:
-            # Without span only if every span that could be its own is surely another's.
             feasible = np.flatnonzero(cost[r, :] < _INFEASIBLE)
             if all(c in taken_c and c not in unsure_c for c in feasible):
                 out.missing.append(reqs[r])

@@ -26,19 +26,10 @@ from tests.conformance.joinsynth import MS, Condition, generate
 BY_NAME = {c.name: c for c in CONDITIONS}
 IDENTIFIERS = (JOIN_TRACEPARENT, JOIN_MARKER, JOIN_PEER)
 
-# (test, condition) → why the join fails it today (measured; see the module docstring).
-PREEMPTED_END = (
-    "a span ending 0.4-2 ms after its last write (noise, preemption) is confidently given "
-    "to the next request, which was dropped, and its own request is counted lost: without "
-    "identified pairs the time join's cost is the distance to the write interval, and the "
-    "run's end anchor (after the last write) is not learnt from its own certain time joins")
-KNOWN = {
-    ("test_no_mis_joins_by_the_certain_keys", "time-c1-q1ms-jitter200us"): PREEMPTED_END,
-    ("test_a_request_is_never_counted_lost_when_its_span_exists",
-     "time-c1-q1ms-jitter200us"): PREEMPTED_END,
-    ("test_a_request_is_never_counted_lost_when_its_span_exists",
-     "time-c32-q10ms-route-only"): PREEMPTED_END,
-}
+# (test, condition) → why the join fails it today; none at present. The last ones (a span
+# ending 0.4-2 ms after its write given to the next, dropped, request) were fixed by learning
+# the end anchor and its tail from the run's certain time joins.
+KNOWN: dict[tuple[str, str], str] = {}
 
 
 def conditions(test: str) -> list:

@@ -156,22 +156,45 @@ def test_requests_time_cannot_tell_apart_are_unjoinable_not_lost(tmp_path):
     assert "could not be joined to a span with certainty" in kt1.message
 
 
-def test_sequential_requests_join_by_time_exactly_on_a_1ms_start_grid(tmp_path):
-    """One at a time, no identifier, start times floored to 1 ms: every span finds its own
-    request by its end, and a dropped one is counted exactly."""
+def _sequential(gap_ns: int) -> tuple[list, list, list]:
+    """40 requests one at a time, ``gap_ns`` apart, no identifier, span starts floored to
+    1 ms; every 10th from the 4th on has its span dropped."""
     ks, spans, t = [], [], T0
     for i in range(40):
         k = kreq(t, 300 * US + (i % 5) * 90 * US)
         ks.append(k)
         spans.append(span_for(k, start=floor_ms(k.t_req_first + 20 * US), continue_trace=False))
-        t = k.t_resp_last + 60 * US
-    kept = [s for i, s in enumerate(spans) if i % 10 != 3]
+        t = k.t_resp_last + gap_ns
+    return ks, spans, [s for i, s in enumerate(spans) if i % 10 != 3]
+
+
+def test_sequential_requests_join_by_time_exactly_on_a_1ms_start_grid(tmp_path):
+    """One at a time with room between them, no identifier, start times floored to 1 ms:
+    every span finds its own request by its end, and a dropped one is counted exactly."""
+    ks, spans, kept = _sequential(1200 * US)
     j = join(evidence(tmp_path, ks, kept))
     for i, r in enumerate(j.requests):
         assert r.spans == ([] if i % 10 == 3 else [spans[i]]), i
     assert j.unjoinable == []
     kt1 = result(evaluate(evidence(tmp_path, ks, kept), select=["KT-001"]), "KT-001")
     assert kt1.observed["missing"] == 4 and kt1.observed["joined_by_time"] == 36
+
+
+def test_back_to_back_requests_never_lose_a_span_that_exists(tmp_path):
+    """Back to back, a dropped request's neighbour could own its span had that span ended
+    late; too few certain pairs show how late spans end here, so the neighbours are
+    unjoinable rather than one of them counted lost. Nothing is mis-joined."""
+    ks, spans, kept = _sequential(60 * US)
+    j = join(evidence(tmp_path, ks, kept))
+    unjoinable = {r.kernel.id for r in j.unjoinable}
+    for i, r in enumerate(j.requests):
+        if r.kernel.id in unjoinable:
+            continue
+        assert r.spans == ([] if i % 10 == 3 else [spans[i]]), i
+    assert unjoinable, "the test lost its point: nothing was ambiguous"
+    kt1 = result(evaluate(evidence(tmp_path, ks, kept), select=["KT-001"]), "KT-001")
+    assert kt1.observed["missing"] <= 4
+    assert kt1.observed["missing"] + kt1.observed["unjoinable"] >= 4
 
 
 def test_the_driver_view_joins_by_marker_without_kernel_truth(tmp_path):
