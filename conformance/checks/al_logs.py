@@ -12,6 +12,7 @@ from agent.evidence import LogRecord
 from conformance.index import put_one_or_many
 from conformance.model import Finding
 from conformance.registry import CheckContext, check
+from conformance.scenario import base_path, local_path
 from conformance.view import RequestView, view_of
 
 SAMPLES = 10
@@ -30,7 +31,9 @@ EARLY_NS = 1_000_000
 class _Window:
     lo: int
     hi: int
-    path: str
+    # The target as sent and, under a --url prefix, the app's own path without it (a mounted
+    # app logs the path it routes on): a line naming either is about this request.
+    paths: tuple[str, ...]
     # The trace-id sent and the server span's, distinct: the one string when they are the
     # same (a million requests, a million one-item tuples less), else a tuple of them.
     traces: str | tuple[str, ...]
@@ -52,7 +55,7 @@ class _Window:
         return known
 
 
-def _windows(view: Any) -> list[_Window]:
+def _windows(view: Any, base: str) -> list[_Window]:
     out = []
     for r in view.requests:
         d = r.driver
@@ -67,7 +70,9 @@ def _windows(view: Any) -> list[_Window]:
             traces = tuple({s.trace_id for s in spans} | ({d.trace_id} if d.trace_id else set()))
             lo = min([d.t_send_ns] + [s.start_ns for s in spans])
             hi = max([recv] + [s.end_ns for s in spans])
-        out.append(_Window(lo, hi, d.path.split("?", 1)[0], traces, r))
+        sent = d.path.split("?", 1)[0]
+        own = local_path(base, sent)
+        out.append(_Window(lo, hi, (sent,) if own == sent else (sent, own), traces, r))
     out.sort(key=attrgetter("lo"))
     return out
 
@@ -117,7 +122,7 @@ def logs_carry_request_context(ctx: CheckContext) -> Finding:
         return Finding.skipped("the SUT sent no OTLP log record and printed no JSON log line: "
                                "nothing to check")
     view = view_of(ctx)
-    windows = _windows(view)
+    windows = _windows(view, base_path(ctx.evidence.meta))
     los = [w.lo for w in windows]
     longest = max((w.hi - w.lo for w in windows), default=0)
     owners = _owners(windows)
@@ -141,7 +146,7 @@ def logs_carry_request_context(ctx: CheckContext) -> Finding:
         path = _log_path(log)
         lo = bisect.bisect_left(los, t - longest)
         hits = [w for w in windows[lo:bisect.bisect_right(los, t)]
-                if w.lo <= t <= w.hi and (path is None or path == w.path)]
+                if w.lo <= t <= w.hi and (path is None or path in w.paths)]
         if not hits:
             ignored += 1  # not emitted while serving a request under test
         elif not tid:

@@ -159,3 +159,24 @@ def test_al003_a_line_written_just_after_the_response_is_still_its_own(sim):
     log.time_ns = by_trace[log.trace_id].t_recv_ns + 3_000_000
     r = one(ev, "AL-003")
     assert r.status == Status.PASS, r.message
+
+
+@pytest.mark.parametrize("logged", [
+    pytest.param("/items/7", id="mounted-app-logs-its-own-path"),
+    pytest.param("/api/items/7", id="app-logs-the-target-as-sent"),
+])
+def test_al003_judges_lines_of_a_prefixed_run_by_either_path(run, logged):
+    # --url http://h/api: the driver sent /api/items/7; an app mounted under /api logs
+    # /items/7. Either line is the request's own, so a line without ids fails AL-003
+    # (it was ignored as "another path" and AL-003 skipped the run).
+    b = run()
+    for _ in range(3):
+        b.request(Req(path="/api/items/7"))
+    ev = b.build()
+    ev.meta.target["base_path"] = "/api"
+    d = ev.driver[1]
+    ev.logs.append(LogRecord(source="stdout", time_ns=(d.t_send_ns + d.t_recv_ns) // 2,
+                             body="handled item", attributes={"path": logged}))
+    r = one(ev, "AL-003")
+    assert r.status == Status.FAIL, r.message
+    assert r.observed["without_ids"] == 1 and r.observed["not_while_serving"] == 0
