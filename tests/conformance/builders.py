@@ -137,8 +137,33 @@ class StarletteExporter(Exporter):
         self.h.labels(method, route, status, "starlette").observe(seconds)
 
 
+class DjangoPrometheus(Exporter):
+    """django-prometheus's middleware: labels hold view names, not paths, and every response
+    is counted, the agent's /metrics scrapes and health probes included."""
+
+    name = "django-prometheus"
+    sample = "django_http_responses_total_by_status_view_method_total"
+    counts_metrics_path = True
+    VIEWS = {"/items/{id}": "shop.views.item", "/orders": "shop.views.orders",
+             "/metrics": "prometheus-django-metrics"}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c = Counter("django_http_responses_total_by_status_view_method",
+                         "Count of responses by status, view, method.",
+                         ("status", "view", "method"), registry=self.registry)
+        self.h = Histogram("django_http_requests_latency_seconds_by_view_method",
+                           "Histogram of request processing time labelled by view.",
+                           ("view", "method"), registry=self.registry)
+
+    def observe(self, method, route, path, status, seconds):
+        view = self.VIEWS.get(route, "<unnamed view>")
+        self.c.labels(str(status), view, method).inc()
+        self.h.labels(view, method).observe(seconds)
+
+
 EXPORTERS = [SemconvExporter, FlaskExporter, FastAPIInstrumentator, StarletteExporter,
-             FlaskCounterOnly]
+             FlaskCounterOnly, DjangoPrometheus]
 
 
 # ------------------------------------------------------------------------ run builder
