@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 from importlib import metadata
 from pathlib import Path
@@ -22,8 +23,21 @@ NPM_DIR = ROOT / "examples" / "realworld" / "node"  # where the Node stacks' pac
 
 
 def package_version(kind: str, name: str, npm_dir: Path = NPM_DIR) -> str:
-    """The installed version of a pip distribution or npm package, else what is requested
-    (npm: package.json's range, marked "wanted"), else "not installed"."""
+    """The installed version of a pip distribution, npm package or Debian package, else what
+    is requested (npm: package.json's range, marked "wanted"), else "not installed".
+
+    Debian: the upstream version only (``1.22.1`` of ``1.22.1-9+deb12u12``): a stable
+    release's security updates change the revision, and the table would go stale with them."""
+    if kind == "deb":
+        try:
+            out = subprocess.run(["dpkg-query", "-W", "-f", "${db:Status-Status} ${Version}", name],
+                                 capture_output=True, text=True, timeout=30)
+        except FileNotFoundError:
+            return "not installed"
+        status, _, version = out.stdout.partition(" ")
+        if out.returncode or status != "installed" or not version:
+            return "not installed"
+        return version.split(":", 1)[-1].rsplit("-", 1)[0]
     if kind == "pip":
         try:
             return metadata.version(name)
@@ -39,7 +53,7 @@ def package_version(kind: str, name: str, npm_dir: Path = NPM_DIR) -> str:
             if name in deps:
                 return f"{deps[name]} (wanted)"
         return "not installed"
-    raise ValueError(f"package kind must be 'pip' or 'npm', not {kind!r}")
+    raise ValueError(f"package kind must be 'pip', 'npm' or 'deb', not {kind!r}")
 
 
 def _cell(text: str) -> str:

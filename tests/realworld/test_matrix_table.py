@@ -4,6 +4,7 @@ numbered once, the marked block rewritten in place, and the README's copy up to 
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -33,8 +34,16 @@ def test_package_version(npm_dir, kind, name, expected):
     assert mt.package_version(kind, name, npm_dir) == expected
 
 
+def test_package_version_of_a_debian_package_is_its_upstream_version(npm_dir):
+    # dpkg is on every Debian host; its own version names what dpkg-query reports
+    full = subprocess.run(["dpkg-query", "-W", "-f", "${Version}", "dpkg"], capture_output=True,
+                          text=True, check=True).stdout
+    assert mt.package_version("deb", "dpkg", npm_dir) == full.split(":", 1)[-1].rsplit("-", 1)[0]
+    assert mt.package_version("deb", "no-such-package-xyz", npm_dir) == "not installed"
+
+
 def test_package_version_rejects_an_unknown_kind(npm_dir):
-    with pytest.raises(ValueError, match="'pip' or 'npm'"):
+    with pytest.raises(ValueError, match="'pip', 'npm' or 'deb'"):
         mt.package_version("cargo", "serde", npm_dir)
 
 

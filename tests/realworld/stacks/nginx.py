@@ -69,6 +69,7 @@ STACKS = [
         scenario=SCENARIO,
         tracing="none",
         exporter="none",
+        packages=(("deb", "nginx-light"),),
         runs=(CLEAN,),
     ),
 ]
