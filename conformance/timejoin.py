@@ -100,13 +100,11 @@ class Timing:
             spread = sorted(abs(d - med) for d in devs)
             p95 = spread[min(len(spread) - 1, int(0.95 * len(spread)))]
             if best is None or p95 < best[2]:
-                best = (anchor, med, p95)
+                best = (anchor, med, p95, spread[-1])
         t.anchor, t.offset_ns = best[0], best[1]
         t.tolerance_ns = min(DEFAULT_TOLERANCE_NS, 2 * best[2]) + base
-        anchor_of = (lambda k: k.t_resp_first) if t.anchor == "first" else (lambda k: k.t_resp_last)
-        worst = max(abs(s.end_ns - anchor_of(k) - t.offset_ns) for k, s in pairs)
-        if len(pairs) >= TAIL_MIN_PAIRS:
-            t.tail_ns = min(END_AFTER_NS, worst) + base
+        if len(pairs) >= TAIL_MIN_PAIRS:  # best[3]: the farthest end from the anchor
+            t.tail_ns = min(END_AFTER_NS, best[3]) + base
         return t
 
     def feasible(self, k: KernelRequest, s: Span) -> bool:
@@ -235,7 +233,10 @@ def _solve(requests: list[KernelRequest], spans: list[Span], edges: list[list[in
         chosen = _greedy(cost)
     tol = timing.tolerance_ns
     taken_r = {r for r, _ in chosen}
-    taken_c = {c for _, c in chosen}
+    owner = {c: r for r, c in chosen}  # span column → the request it was given to
+    # The spans each request left without one could own.
+    feasible = {r: np.flatnonzero(cost[r, :] < _INFEASIBLE) for r in range(len(reqs))
+                if r not in taken_r}
     unsure_r: set[int] = set()
     unsure_c: set[int] = set()
     for r, c in chosen:
@@ -245,19 +246,16 @@ def _solve(requests: list[KernelRequest], spans: list[Span], edges: list[list[in
         if (col.size and col.min() - here < tol) or (rw.size and rw.min() - here < tol):
             unsure_r.add(r)
             unsure_c.add(c)
-    owner = {c: r for r, c in chosen}
-    for r in range(len(reqs)):
-        if r in taken_r:
-            continue
+    for r, cols in feasible.items():
         # Without span only if every span that could be its own is surely another's: for a
         # request sent sampled, surely even had its own span ended as late as the run's
         # latest (the taker may be the one whose span was dropped).
-        feasible = np.flatnonzero(cost[r, :] < _INFEASIBLE)
-        late = [] if reqs[r] in unsampled else \
-            [c for c in feasible if c in owner and cost[r, c] - cost[owner[c], c] < timing.tail_ns]
-        for c in late:
-            unsure_r.add(owner[c])
-            unsure_c.add(c)
+        if reqs[r] in unsampled:
+            continue
+        for c in cols:
+            if c in owner and cost[r, c] - cost[owner[c], c] < timing.tail_ns:
+                unsure_r.add(owner[c])
+                unsure_c.add(c)
     for r, c in chosen:
         if r not in unsure_r:
             out.pairs.append((reqs[r], spans[sp[c]]))
@@ -265,8 +263,7 @@ def _solve(requests: list[KernelRequest], spans: list[Span], edges: list[list[in
         if r in taken_r and r not in unsure_r:
             continue
         if r not in taken_r:
-            feasible = np.flatnonzero(cost[r, :] < _INFEASIBLE)
-            if all(c in taken_c and c not in unsure_c for c in feasible):
+            if all(c in owner and c not in unsure_c for c in feasible[r]):
                 out.missing.append(reqs[r])
                 continue
         out.unjoinable.append(reqs[r])
