@@ -212,11 +212,17 @@ def prometheus_series(before: Exposition | None, after: Exposition, candidate: C
     return out
 
 
+def holds_paths(values: Iterable[Any]) -> bool:
+    """Whether a route label's values are paths or templates (some start with ``/``), not
+    view or function names, which cannot be mapped to requests."""
+    return any(str(v or "").startswith("/") for v in values)
+
+
 def _project(out: Series, rows: list[tuple[dict[str, Any], float]]) -> None:
     """Sum rows ({dim: value}, count) onto (method, route, status) keys; drop a route
     label that holds no path (view or function names cannot be mapped to requests)."""
     route = out.labels.get("route")
-    if route and rows and not any(str(r.get("route") or "").startswith("/") for r, _ in rows):
+    if route and rows and not holds_paths(r.get("route") for r, _ in rows):
         out.notes.append(f"label {route!r} holds no path (view or function names): compared "
                          "per method and status only")
         out.labels["route"] = None

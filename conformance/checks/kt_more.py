@@ -14,7 +14,7 @@ from agent.exposition import Exposition, histogram_series
 from conformance.httpsem import span_status
 from conformance.checks.kt_metrics import compare, to_server_of
 from conformance.metricsource import (
-    PROM_CANDIDATES, ROUTE_LABELS, find_prometheus_metric, prometheus_series,
+    PROM_CANDIDATES, ROUTE_LABELS, find_prometheus_metric, holds_paths, prometheus_series,
 )
 from conformance.model import Finding
 from conformance.registry import CheckContext, check
@@ -215,8 +215,7 @@ def histogram_agrees_with_kernel(ctx: CheckContext) -> Finding:
     agent_paths = {k.path for k in j.agent_requests} | {metrics_path(ev)}
     # A label that holds no path (django-prometheus's view names) cannot set the agent's own
     # scrapes apart: the histogram is then read as one without a route label.
-    route_label = next((n for n in ROUTE_LABELS
-                        if any(str(dict(k).get(n) or "").startswith("/") for k in ha)), None)
+    route_label = next((n for n in ROUTE_LABELS if holds_paths(dict(k).get(n) for k in ha)), None)
     keep = [k for k in ha if not (route_label and any(
         dict(k).get(route_label) == p for p in agent_paths))]
     count = sum((ha[k]["count"] or 0) - ((hb.get(k) or {}).get("count") or 0) for k in keep)
