@@ -85,11 +85,14 @@ def measure(n: int = 100_000, rounds: int = 5) -> dict:
     try:
         for r in range(rounds):
             for arm in (("untraced", "traced") if r % 2 == 0 else ("traced", "untraced")):
-                got, t0 = kc.stats().get("user_received", 0), time.monotonic()
-                loops[arm].append(run_loop(n, kc, arm == "traced"))
-                if arm == "traced":  # assembled now, not beside the next loop
-                    kc.drain(timeout_s=60)
-                    drained.append((kc.stats().get("user_received", 0) - got, time.monotonic() - t0))
+                if arm == "untraced":
+                    loops[arm].append(run_loop(n, kc, False))
+                    continue
+                before, t0 = kc.stats().get("user_received", 0), time.monotonic()
+                loops[arm].append(run_loop(n, kc, True))
+                kc.drain(timeout_s=60)  # assembled now, not beside the next loop
+                took = time.monotonic() - t0
+                drained.append((kc.stats().get("user_received", 0) - before, took))
         stats_fd = enable_run_time_stats()
         try:
             run_loop(n, kc, True)

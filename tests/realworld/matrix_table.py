@@ -22,6 +22,11 @@ ROOT = Path(__file__).resolve().parents[2]
 NPM_DIR = ROOT / "examples" / "realworld" / "node"  # where the Node stacks' package.json is
 
 
+def upstream_version(debian_version: str) -> str:
+    """``[epoch:]upstream[-revision]`` → upstream (a native package has no revision)."""
+    return debian_version.split(":", 1)[-1].rsplit("-", 1)[0]
+
+
 def package_version(kind: str, name: str, npm_dir: Path = NPM_DIR) -> str:
     """The installed version of a pip distribution, npm package or Debian package, else what
     is requested (npm: package.json's range, marked "wanted"), else "not installed".
@@ -37,7 +42,7 @@ def package_version(kind: str, name: str, npm_dir: Path = NPM_DIR) -> str:
         status, _, version = out.stdout.partition(" ")
         if out.returncode or status != "installed" or not version:
             return "not installed"
-        return version.split(":", 1)[-1].rsplit("-", 1)[0]
+        return upstream_version(version)
     if kind == "pip":
         try:
             return metadata.version(name)
